@@ -8,7 +8,6 @@ comparison, prints the relay's own counters, and removes everything.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,22 +16,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpk_slurm.errors import require_binary  # noqa: E402
-from hpk_slurm.testbed.netns import Netns, Testbed, wait_for  # noqa: E402
+from hpk_slurm.testbed.netns import Testbed, wait_for  # noqa: E402
 from hpk_slurm.testbed.relay_lab import BASELINE_IP, CLIENT_IP, PEER_IP, RelayLab  # noqa: E402
+from hpk_slurm.testbed.traffic import iperf  # noqa: E402
 
 SECONDS = 3
-
-
-def iperf(bed: Testbed, source: Netns, server_ns: Netns, port: int) -> float:
-    server = bed.spawn(["iperf3", "-s", "-1", "-B", PEER_IP, "-p", str(port)], netns=server_ns, log_name="iperf3")
-
-    def attempt():
-        r = source.run(["iperf3", "-c", PEER_IP, "-p", str(port), "-t", str(SECONDS), "-J"], check=False)
-        return r.returncode == 0 and r.stdout
-
-    out = wait_for(attempt, timeout=20, interval=0.2, what="iperf3 server")
-    bed.stop(server)
-    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
 def main() -> int:
@@ -46,8 +34,8 @@ def main() -> int:
               f"{lab.br.name} br0 <-> {lab.b.name} eth0 {PEER_IP}  (baseline: {lab.c.name} eth0 {BASELINE_IP})")
         ping = lab.a.run(["ping", "-c", "5", "-i", "0.2", "-q", PEER_IP])
         print("ping through the relay:", ping.stdout.strip().splitlines()[-1])
-        relay = iperf(bed, lab.a, lab.b, 5201)
-        kernel = iperf(bed, lab.c, lab.b, 5202)
+        relay = iperf(bed, lab.a, lab.b, PEER_IP, seconds=SECONDS)["bits_per_second"] / 1e9
+        kernel = iperf(bed, lab.c, lab.b, PEER_IP, seconds=SECONDS)["bits_per_second"] / 1e9
         print(f"iperf3 TCP, 1 stream, {SECONDS} s:")
         print(f"  through the relay (offloads): {relay:6.2f} Gbit/s")
         print(f"  kernel veth + bridge:         {kernel:6.2f} Gbit/s  (relay = {relay / kernel:.0%})")

@@ -14,17 +14,22 @@ import socket
 import sys
 
 
-def serve(host: str, port: int, timeout: float = 60) -> dict:
+def accept_one(host: str, port: int, timeout: float = 60) -> socket.socket:
+    """Listen, say "listening" on stdout (tests wait for it), and take one connection."""
     with socket.create_server((host, port)) as server:
         server.settimeout(timeout)
         print("listening", flush=True)
         conn, _ = server.accept()
-        with conn:
-            conn.settimeout(timeout)
-            digest, total = hashlib.sha256(), 0
-            while chunk := conn.recv(1 << 20):
-                digest.update(chunk)
-                total += len(chunk)
+    conn.settimeout(timeout)
+    return conn
+
+
+def serve(host: str, port: int, timeout: float = 60) -> dict:
+    with accept_one(host, port, timeout) as conn:
+        digest, total = hashlib.sha256(), 0
+        while chunk := conn.recv(1 << 20):
+            digest.update(chunk)
+            total += len(chunk)
     return {"bytes": total, "sha256": digest.hexdigest()}
 
 

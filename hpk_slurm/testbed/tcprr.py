@@ -15,6 +15,8 @@ import statistics
 import sys
 import time
 
+from hpk_slurm.testbed.tcpcheck import accept_one
+
 WARMUP = 50
 
 
@@ -24,17 +26,12 @@ def _nodelay(sock: socket.socket) -> None:
 
 def serve(host: str, port: int, timeout: float = 60) -> dict:
     """Echo one connection byte for byte until it closes; the number of bytes echoed."""
-    with socket.create_server((host, port)) as server:
-        server.settimeout(timeout)
-        print("listening", flush=True)
-        conn, _ = server.accept()
-        with conn:
-            conn.settimeout(timeout)
-            _nodelay(conn)
-            echoed = 0
-            while data := conn.recv(64):
-                conn.sendall(data)
-                echoed += len(data)
+    with accept_one(host, port, timeout) as conn:
+        _nodelay(conn)
+        echoed = 0
+        while data := conn.recv(64):
+            conn.sendall(data)
+            echoed += len(data)
     return {"echoed": echoed}
 
 

@@ -35,16 +35,17 @@ def _ip(*args: str) -> None:
 
 @dataclass
 class Netns:
-    """One network namespace made by `ip netns add`."""
+    """A network namespace: one made by `ip netns add`, or any process's (`path=/proc/PID/ns/net`)."""
 
     name: str
+    path: str = ""
 
-    @property
-    def path(self) -> str:
-        return str(NETNS_DIR / self.name)
+    def __post_init__(self) -> None:
+        if not self.path:
+            self.path = str(NETNS_DIR / self.name)
 
     def ip(self, *args: str) -> None:
-        _ip("-n", self.name, *args)
+        self.run(["ip", *args])
 
     def exec_argv(self, argv: list[str]) -> list[str]:
         """argv run inside this namespace (nsenter keeps the real /sys, unlike `ip netns exec`)."""

@@ -1,0 +1,83 @@
+"""Processes we started, recorded so that stop ends exactly those (by PID, never by name).
+
+A PID alone can be reused after its process died; the start time from
+/proc/PID/stat (field 22, clock ticks since boot) pins the record to one
+process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+
+def start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+@dataclass(frozen=True)
+class ProcRef:
+    pid: int
+    started: int  # /proc start time in clock ticks
+
+    @classmethod
+    def of(cls, pid: int) -> "ProcRef":
+        started = start_time(pid)
+        if started is None:
+            raise ProcessLookupError(f"process {pid} is gone")
+        return cls(pid, started)
+
+    def alive(self) -> bool:
+        if start_time(self.pid) != self.started:
+            return False
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    def signal(self, sig: int) -> bool:
+        """Send `sig` if it is still our process; False if it was already gone."""
+        if not self.alive():
+            return False
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def terminate(self, timeout: float = 10.0) -> None:
+        """SIGTERM, wait up to `timeout`, then SIGKILL; returns once the process is gone."""
+        if not self.signal(signal.SIGTERM):
+            return
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                self.signal(signal.SIGKILL)
+                deadline = time.monotonic() + 5
+            time.sleep(0.02)
+            _reap(self.pid)
+
+
+def _reap(pid: int) -> None:
+    """Collect our own child if it was one (otherwise it lingers as a zombie)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -173,3 +174,16 @@ def test_missing_flanneld_names_what_to_install(lab):
     assert result.returncode == 1
     assert "'flanneld' not found" in result.stderr and "install" in result.stderr
     assert not lab.run_dir(1).exists()
+
+
+@pytest.mark.apptainer
+@pytest.mark.skipif(not (shutil.which("apptainer") and os.environ.get("HPK_BUBBLE_IMAGE")),
+                    reason="needs apptainer on PATH and HPK_BUBBLE_IMAGE (images/hpk-bubble); not installable here")
+def test_apptainer_bubbles_share_an_overlay(lab):
+    image = os.environ["HPK_BUBBLE_IMAGE"]
+    b1 = lab.start(1, 1, "--runtime", "apptainer", "--image", image)
+    b2 = lab.start(2, 2, "--runtime", "apptainer", "--image", image, controller_index=1)
+    assert b1.facts["runtime"] == b2.facts["runtime"] == "apptainer"
+    pod1, ip1 = lab.pod(b1, 2)
+    pod2, ip2 = lab.pod(b2, 2)
+    assert pod1.ping(ip2)

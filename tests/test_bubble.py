@@ -117,6 +117,7 @@ def test_two_overlays_on_the_same_hosts_are_isolated(lab):
 
 
 def test_stop_leaves_nothing_behind(lab):
+    links_before = [sorted(h.links()) for h in lab.hosts]
     b1 = lab.start(1, 1)
     b2 = lab.start(2, 2, controller_index=1)
     pids = list(b1.facts["pids"].values()) + list(b2.facts["pids"].values())
@@ -126,6 +127,7 @@ def test_stop_leaves_nothing_behind(lab):
     assert lease2 not in etcd_keys(lab, 1, "/hpk/"), "the node's flannel lease must be given back"
     assert lab.stop(b1).returncode == 0
     assert all(gone(pid) for pid in pids)
+    assert [sorted(h.links()) for h in lab.hosts] == links_before
     assert not b1.run_dir.exists() and not b2.run_dir.exists()
     # Stopping again, or a bubble that never ran, is fine.
     again = lab.stop(b1)

@@ -7,6 +7,7 @@ process.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import time
@@ -54,15 +55,24 @@ class ProcRef:
             return False
         return True
 
-    def terminate(self, timeout: float = 10.0) -> None:
-        """SIGTERM, wait up to `timeout`, then SIGKILL; returns once the process is gone."""
+    def terminate(self, timeout: float = 10.0, resend_every: float | None = None) -> None:
+        """SIGTERM, wait up to `timeout`, then SIGKILL; returns once the process is gone.
+
+        `resend_every`: repeat SIGTERM meanwhile, for a namespace's PID 1, which
+        drops signals that arrive before it has installed its handler.
+        """
         if not self.signal(signal.SIGTERM):
             return
-        deadline = time.monotonic() + timeout
+        start = last_sent = time.monotonic()
+        deadline = start + timeout
         while self.alive():
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 self.signal(signal.SIGKILL)
-                deadline = time.monotonic() + 5
+                deadline = now + 5
+            elif resend_every and now - last_sent > resend_every:
+                self.signal(signal.SIGTERM)
+                last_sent = now
             time.sleep(0.02)
             _reap(self.pid)
 
@@ -81,3 +91,15 @@ def children(pid: int) -> list[int]:
             return [int(p) for p in f.read().split()]
     except OSError:
         return []
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send `sig` to this process when its parent dies (even by SIGKILL).
+
+    Used in children before exec (preexec_fn), so a container or an entered
+    command does not outlive the hpktainer that owns it.
+    """
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)

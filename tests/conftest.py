@@ -3,45 +3,47 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 
 import pytest
 
-from hpk_slurm.testbed.netns import PREFIX, Testbed
+from hpk_slurm.testbed.netns import Testbed
 
 IS_ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: network namespaces and TAP devices")
-LEAK_NS = re.compile(rf"^{PREFIX}[0-9a-f]{{4}}")
 
 
 def _our_namespaces() -> set[str]:
+    names = {bed.prefix for bed in Testbed.made}
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if LEAK_NS.match(line)}
+    return {line.split()[0] for line in out.splitlines() if line.split()[0][:6] in names}
 
 
-def _our_daemons() -> set[int]:
-    pids = set()
+def _our_processes() -> set[str]:
+    """Processes that mention one of this run's testbed folders (daemons, bubbles, servers)."""
+    folders = [str(bed.workdir).encode() for bed in Testbed.made]
+    found = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+                with open(f"/proc/{entry}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        continue  # exited, waiting for PID 1 of the machine to reap it
             except OSError:
                 continue
-            if b"hpk_slurm.cli" in cmdline or b"hpk-net-daemon" in cmdline:
-                pids.add(int(entry))
-    return pids
+            if any(folder in cmdline for folder in folders):
+                found.add(f"{entry}: {cmdline.replace(chr(0).encode(), b' ').decode(errors='replace')[:200]}")
+    return found
 
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind():
-    """After the whole suite: no namespace, link or daemon of ours may remain."""
-    ns_before, daemons_before = _our_namespaces(), _our_daemons()
+    """After the whole suite: no namespace or process of this run's test beds may remain."""
     yield
-    leaked_ns = _our_namespaces() - ns_before
-    leaked_daemons = _our_daemons() - daemons_before
+    leaked_ns, leaked = _our_namespaces(), _our_processes()
     assert not leaked_ns, f"network namespaces left behind: {sorted(leaked_ns)}"
-    assert not leaked_daemons, f"daemon processes left behind: {sorted(leaked_daemons)}"
+    assert not leaked, f"processes left behind: {sorted(leaked)}"
 
 
 @pytest.fixture

@@ -13,19 +13,18 @@ Run: python -m hpk_slurm.bubble.init RUN_DIR
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pyroute2 import IPRoute
 
 from hpk_slurm.bubble.spec import ETCD_CLIENT_PORT, BubbleSpec
+from hpk_slurm.bubble.status import Status, status_path, tail
 from hpk_slurm.errors import HpkError, require_binary
 from hpk_slurm.log import setup_logging
 from hpk_slurm.net import bridge
@@ -43,50 +42,13 @@ class Stop(BaseException):
     pass
 
 
-@dataclass
-class Status:
-    """What the init tells the outside world (status.json in the run folder)."""
-
-    phase: str = "starting"  # starting | ready | failed | stopping | stopped
-    error: str = ""
-    flannel_subnet: str = ""
-    flannel_network: str = ""
-    flannel_mtu: int = 0
-    children: dict[str, int] = field(default_factory=dict)  # name -> PID inside the bubble
-    lease_released: bool = False
-    updated: float = 0.0
-
-    def write(self, path: Path) -> None:
-        self.updated = time.time()
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1, sort_keys=True))
-        os.replace(tmp, path)
-
-    @classmethod
-    def read(cls, path: Path) -> "Status | None":
-        try:
-            return cls(**json.loads(Path(path).read_text()))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-
-def status_path(spec: BubbleSpec) -> Path:
-    return spec.run_dir / "status.json"
-
-
-def tail(path: Path, lines: int = 8) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
-
-
 class BubbleInit:
     def __init__(self, spec: BubbleSpec):
         self.spec = spec
         self.status = Status()
         self.procs: dict[str, subprocess.Popen] = {}
         self.subnet: SubnetEnv | None = None
+        self.wrote_config = False  # only then is the job's prefix ours to delete
 
     # -- children ---------------------------------------------------------------
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
@@ -148,6 +110,7 @@ class BubbleInit:
         existing = etcd.get(key)
         if existing is None:
             etcd.put(key, wanted.to_json())
+            self.wrote_config = True
             log.info("wrote overlay config %s = %s", key, wanted.to_json())
         elif NetworkConfig.from_json(existing) != wanted:
             raise HpkError(f"etcd key {key} already holds a different overlay config: {existing}",
@@ -192,7 +155,7 @@ class BubbleInit:
         try:
             if self.subnet:
                 self.etcd().revoke_lease_of(f"{self.spec.etcd_prefix}/subnets/{self.subnet.lease_key}")
-            if self.spec.controller:
+            if self.wrote_config:
                 self.etcd().delete(self.spec.etcd_prefix + "/", prefix=True)
             self.status.lease_released = True
         except EtcdUnreachable as exc:

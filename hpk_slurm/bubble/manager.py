@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hpk_slurm.bubble.init import Status, status_path, tail
+from hpk_slurm.bubble.status import Status, status_path, tail
 from hpk_slurm.bubble.preflight import bubble_problems
 from hpk_slurm.bubble.spec import ETCD_CLIENT_PORT, BubbleSpec, default_run_root
 from hpk_slurm.errors import HpkError

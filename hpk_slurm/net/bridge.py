@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-import subprocess
 
 from pyroute2 import IPRoute
 
-from hpk_slurm.errors import HpkError, require_binary
+from hpk_slurm.net import iptables
 
 BRIDGE = "hpk-bridge"
 
@@ -35,12 +34,4 @@ def masquerade_rule(subnet: ipaddress.IPv4Network, overlay: ipaddress.IPv4Networ
 
 
 def ensure_nat(subnet: ipaddress.IPv4Network, overlay: ipaddress.IPv4Network, out_iface: str = "tap0") -> None:
-    iptables = require_binary("iptables", "iptables")
-    rule = masquerade_rule(subnet, overlay, out_iface)
-    check = subprocess.run([iptables, "-t", "nat", "-C", "POSTROUTING", *rule], capture_output=True, text=True)
-    if check.returncode == 0:
-        return
-    add = subprocess.run([iptables, "-t", "nat", "-A", "POSTROUTING", *rule], capture_output=True, text=True)
-    if add.returncode != 0:
-        raise HpkError(f"iptables MASQUERADE rule failed: {add.stderr.strip()}",
-                       "the bubble needs iptables-nft (Debian's default iptables)")
+    iptables.ensure_rule("nat", "POSTROUTING", masquerade_rule(subnet, overlay, out_iface))

@@ -14,6 +14,7 @@ import signal
 import socket
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class DaemonConfig:
     stats_interval: float = 1.0
     connect_timeout: float = 30.0  # client: give up after this long without a server
     stats: RelayStats = field(init=False)
+    on_change: Callable[[], None] = lambda: None  # connection state changed: publish the counters now
 
     def __post_init__(self) -> None:
         if self.role not in ("server", "client"):
@@ -162,6 +164,7 @@ def serve_connection(cfg: DaemonConfig, tap: Tap, conn: socket.socket) -> None:
         return
     stats.connects += 1
     stats.connected, stats.mode = True, mode.name
+    cfg.on_change()
     log.info("connected (%s frames, offloads 0x%02x)", mode.name, mode.offloads)
     try:
         reason = Relay(tap, conn, mode, stats).run()
@@ -172,6 +175,7 @@ def serve_connection(cfg: DaemonConfig, tap: Tap, conn: socket.socket) -> None:
         log.error("closing connection: %s", exc)
     finally:
         stats.connected, stats.mode, stats.peer_pid = False, "", None
+        cfg.on_change()
 
 
 # -- the two roles --------------------------------------------------------------
@@ -240,6 +244,8 @@ def run(cfg: DaemonConfig) -> None:
         enter_netns(cfg.netns)
     tap = Tap.attach(cfg.tap_name, vnet_hdr=cfg.offload)
     writer = StatsWriter(cfg.stats, cfg.stats_file, cfg.stats_interval) if cfg.stats_file else None
+    if writer:
+        cfg.on_change = writer.flush
     try:
         tap.configure(mtu=cfg.mtu, master=cfg.bridge if cfg.role == "server" else None)
         if writer:

@@ -57,6 +57,7 @@ class StatsWriter(threading.Thread):
         super().__init__(name="stats-writer", daemon=True)
         self.stats, self.path, self.interval = stats, path, interval
         self._stop_event = threading.Event()
+        self._lock = threading.Lock()  # flush() is also called from the relay's thread
 
     def run(self) -> None:
         self.flush()
@@ -64,10 +65,11 @@ class StatsWriter(threading.Thread):
             self.flush()
 
     def flush(self) -> None:
-        try:
-            write_stats(self.stats, self.path)
-        except OSError:
-            pass  # the folder went away during teardown; nothing to report to
+        with self._lock:
+            try:
+                write_stats(self.stats, self.path)
+            except OSError:
+                pass  # the folder went away during teardown; nothing to report to
 
     def stop(self) -> None:
         self._stop_event.set()

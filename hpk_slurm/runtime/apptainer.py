@@ -77,3 +77,21 @@ class ApptainerRuntime(Runtime):
         if name:
             subprocess.run(instance_stop_argv(self.binary, name, timeout), capture_output=True, timeout=timeout + 30)
         launched.bubble.terminate(timeout)
+
+
+# -- nested containers (hpktainer inside a bubble) ------------------------------------
+
+
+def nested_instance_start_argv(binary: str, options: list[str], image: str, name: str) -> list[str]:
+    """The container's namespaces first, with loopback only: hpktainer wires its network next."""
+    return [binary, "instance", "start", "--net", "--network", "none", *options, image, name]
+
+
+def nested_command_argv(binary: str, verb: str, name: str, command: list[str]) -> list[str]:
+    """The user's command in the prepared instance (run|exec|shell)."""
+    return [binary, verb, f"instance://{name}", *command]
+
+
+def apptainer_env(env: dict[str, str]) -> dict[str, str]:
+    """Variables for inside the container, the way Apptainer takes them (APPTAINERENV_*)."""
+    return {f"APPTAINERENV_{k}": v for k, v in env.items()}

@@ -32,7 +32,7 @@ class Runtime(ABC):
         keeps its credentials (it is root there already, and may not setgroups).
         """
         creds = [] if os.geteuid() == 0 else ["--preserve-credentials"]
-        return ["nsenter", "-t", str(bubble_pid), "-U", "-n", "-m", "-p", *creds, "--", *argv]
+        return ["nsenter", "-t", str(bubble_pid), "-U", "-n", "-m", "-p", *creds, f"--wd={os.getcwd()}", "--", *argv]
 
     @abstractmethod
     def stop(self, name: str, launched: Launched, timeout: float) -> None:

@@ -48,6 +48,6 @@ class EmbeddedRuntime(Runtime):
         return Launched(bubble=ProcRef.of(kids[0]), launcher=ProcRef.of(launcher.pid))
 
     def stop(self, name: str, launched: Launched, timeout: float) -> None:
-        launched.bubble.terminate(timeout)
+        launched.bubble.terminate(timeout, resend_every=0.5)  # PID 1 of its namespace
         if launched.launcher:
             launched.launcher.terminate(5)  # unshare exits with its child; this is only a safety net

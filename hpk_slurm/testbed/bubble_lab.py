@@ -136,6 +136,37 @@ class BubbleLab:
         return self.hpk_bubble(bubble.host, ["exec", str(bubble.ident), "--run-dir", str(bubble.run_dir), "--", *argv],
                                bubble.user)
 
+    # -- nested containers ------------------------------------------------------------
+    def hpktainer_argv(self, bubble: Bubble, *args: str) -> list[str]:
+        argv = [sys.executable, "-m", "hpk_slurm.cli.hpktainer", "--bubble", str(bubble.run_dir), *args]
+        return bubble.user.argv(argv) if bubble.user else argv
+
+    def hpktainer(self, bubble: Bubble, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """`hpktainer ...` on the bubble's host, as its user, as a job step would run it."""
+        return bubble.host.run(self.hpktainer_argv(bubble, *args), check=False, timeout=timeout, cwd="/")
+
+    def spawn_container(self, bubble: Bubble, *args: str) -> subprocess.Popen:
+        """A long-running `hpktainer ...` (a server, a sleeper), stopped at testbed close."""
+        return self.bed.spawn(bubble.host.exec_argv(self.hpktainer_argv(bubble, *args)), log_name="hpktainer")
+
+    def containers(self, bubble: Bubble, include_ended: bool = False) -> list[dict]:
+        result = self.hpktainer(bubble, "ps", "--json", *(["--all"] if include_ended else []))
+        if result.returncode != 0:
+            raise RuntimeError(f"hpktainer ps failed: {result.stderr.strip()}")
+        return json.loads(result.stdout)
+
+    def wait_container(self, bubble: Bubble, proc: subprocess.Popen) -> dict:
+        """The running container that `proc` started (the only new one), once it runs."""
+        known = {c["id"] for c in self.containers(bubble, include_ended=True) if c["state"] != "running"}
+
+        def found():
+            if proc.poll() is not None:
+                raise RuntimeError(f"hpktainer exited {proc.returncode}: {proc.log_path.read_text()[-2000:]}")
+            running = [c for c in self.containers(bubble) if c["id"] not in known]
+            return running[0] if running else None
+
+        return wait_for(found, timeout=30, what="container start")
+
     # -- rootless ---------------------------------------------------------------------
     def user(self) -> TestUser:
         """A fresh unprivileged user; /dev/net/tun opened to users (restored at close)."""
@@ -185,3 +216,18 @@ class BubbleLab:
             os.chmod("/dev/net/tun", self._tun_mode)
         if errors:
             raise RuntimeError("; ".join(errors))
+
+
+def busybox_rootfs(folder: Path) -> Path:
+    """A root file system with nothing but a static busybox: no Python, nothing of ours."""
+    busybox = Path("/bin/busybox")
+    if not busybox.exists():
+        raise RuntimeError("install the Debian package busybox-static")
+    (folder / "bin").mkdir(parents=True)
+    (folder / "bin" / "busybox").write_bytes(busybox.read_bytes())
+    (folder / "bin" / "busybox").chmod(0o755)
+    for applet in ("sh", "ip", "ping", "nc", "cat", "echo", "sleep", "wget", "ls", "true"):
+        (folder / "bin" / applet).symlink_to("busybox")
+    for name in ("etc", "tmp", "proc", "dev", "sys"):
+        (folder / name).mkdir()
+    return folder

@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 from hpk_slurm.errors import require_binary
@@ -76,10 +77,14 @@ class Testbed:
     processes: list[subprocess.Popen] = field(default_factory=list)
     workdir: Path = field(init=False)
 
+    #: Every testbed of this process, for leak checks that must not blame someone else's processes.
+    made: ClassVar[list["Testbed"]] = []
+
     def __post_init__(self) -> None:
         for binary, package in (("ip", "iproute2"), ("nsenter", "util-linux")):
             require_binary(binary, package)
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        Testbed.made.append(self)
         os.chmod(self.workdir, 0o700)
 
     def __enter__(self) -> "Testbed":

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpk_slurm.testbed.netns import Netns, Testbed, wait_for
+from hpk_slurm.testbed.netns import Testbed, wait_for
 
 SUBNET = "10.77.0"
 CLIENT_IP, PEER_IP, BASELINE_IP = f"{SUBNET}.1", f"{SUBNET}.2", f"{SUBNET}.3"

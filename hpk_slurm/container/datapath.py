@@ -1,0 +1,138 @@
+"""Joining a container's network namespace to hpk-bridge, and taking it apart again.
+
+relay (default, the seed's): tap0 in the container and hpk-tap-N on
+hpk-bridge, joined by two hpk-net-daemons over a UNIX socket in the bubble's
+socket folder. The container-side daemon runs from the bubble's file system
+inside the container's network namespace (its TAP fd stays bound there), so
+the image needs nothing of ours.
+veth: a kernel veth pair, hpk-veth-N on the bridge and eth0 in the container.
+
+Either way the container's interface gets its address, the default route via
+hpk-bridge and the flannel MTU before the user's command starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from hpk_slurm.errors import HpkError
+from hpk_slurm.net.bridge import BRIDGE
+from hpk_slurm.net.netns import enter_netns
+from hpk_slurm.procs import ProcRef
+
+CONNECT_TIMEOUT = 10.0
+
+
+def link_name(mode: str, address: str, network: ipaddress.IPv4Network) -> str:
+    """hpk-tap-N / hpk-veth-N with N the address's offset in the subnet: unique in the bubble."""
+    offset = int(ipaddress.IPv4Address(address)) - int(network.network_address)
+    return f"hpk-{'tap' if mode == 'relay' else 'veth'}-{offset}"
+
+
+def in_netns(netns_path: str, fn, *args):
+    """Run fn(*args) in a thread that entered the namespace (only that thread moves)."""
+    result: dict = {}
+
+    def target():
+        try:
+            enter_netns(netns_path)
+            result["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller below
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name="in-netns")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def configure_interface(ifname: str, address: str, prefixlen: int, gateway: str, mtu: int) -> None:
+    """Inside the container's namespace: lo up, the address, MTU, default route via hpk-bridge."""
+    with IPRoute() as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        index = ipr.link_lookup(ifname=ifname)[0]
+        ipr.link("set", index=index, mtu=mtu, state="up")
+        ipr.addr("replace", index=index, address=address, prefixlen=prefixlen)
+        ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=index)
+
+
+def delete_link(name: str) -> None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if found:
+            ipr.link("del", index=found[0])
+
+
+def link_counters(name: str) -> dict:
+    """Bytes/packets/drops of a bubble-side link, seen from the bridge (rx = what the container sent)."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return {}
+        stats = ipr.get_links(found[0])[0].get_attr("IFLA_STATS64") or {}
+    return {k: stats.get(k, 0) for k in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_dropped", "tx_dropped")}
+
+
+def daemon_argv(role: str, socket_path: Path, tap: str, mtu: int, stats_file: Path,
+                bridge: str | None = None, netns: str | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "hpk_slurm.cli.net_daemon", "--mode", role, "--socket", str(socket_path),
+            "--tap", tap, "--mtu", str(mtu), "--stats-file", str(stats_file), "--stats-interval", "1",
+            "--connect-timeout", str(int(CONNECT_TIMEOUT))]
+    if bridge:
+        argv += ["--bridge", bridge]
+    if netns:
+        argv += ["--netns", netns]
+    return argv
+
+
+def start_daemon(argv: list[str], log: Path) -> ProcRef:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    return ProcRef.of(proc.pid)
+
+
+def wait_connected(stats_file: Path, daemons: dict[str, ProcRef], logs: dict[str, Path]) -> None:
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    while True:
+        try:
+            if json.loads(stats_file.read_text()).get("connected"):
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        for role, ref in daemons.items():
+            if not ref.alive():
+                raise HpkError(f"hpk-net-daemon ({role}) exited: {_tail(logs[role])}")
+        if time.monotonic() > deadline:
+            raise HpkError(f"the container's relay did not connect within {CONNECT_TIMEOUT:.0f} s")
+        time.sleep(0.01)
+
+
+def _tail(path: Path) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-4:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def create_veth(bubble_link: str, container_netns: str, mtu: int) -> None:
+    fd = os.open(container_netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=bubble_link, kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd})
+            index = ipr.link_lookup(ifname=bubble_link)[0]
+            ipr.link("set", index=index, mtu=mtu, master=ipr.link_lookup(ifname=BRIDGE)[0], state="up")
+    finally:
+        os.close(fd)
+

@@ -1,0 +1,226 @@
+"""Running one nested container inside a bubble, from address to teardown.
+
+The order is what makes "network up before the command" true: lease an
+address, create the container's namespaces (its first process waits), wire
+the datapath and configure the interface, publish ports, and only then let
+the command start. Whatever happens after the lease, teardown gives back
+everything: daemons, link, socket, forwards, lease. If hpktainer itself is
+killed, its container dies with it and the next hpktainer call (or the
+bubble's stop) sweeps what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpk_slurm.bubble.spec import BubbleSpec
+from hpk_slurm.container import datapath
+from hpk_slurm.container.args import ContainerArgs
+from hpk_slurm.container.engines import Engine, Started, select_engine
+from hpk_slurm.container.ipam import Ipam, Lease
+from hpk_slurm.container.publish import parse_publish, publish, unpublish
+from hpk_slurm.container.record import ContainerRecord, RecordStore
+from hpk_slurm.errors import HpkError
+from hpk_slurm.net.bridge import BRIDGE
+from hpk_slurm.net.slirp import SlirpApi
+from hpk_slurm.overlay.flannel import SubnetEnv
+from hpk_slurm.procs import ProcRef
+from hpk_slurm.signals import exit_code, forward_to
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BubbleContext:
+    """The bubble we are in, and the places in its run folder that nested containers use."""
+
+    spec: BubbleSpec
+    subnet: SubnetEnv
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "BubbleContext":
+        spec = BubbleSpec.load(run_dir)
+        if not spec.subnet_file.exists():
+            raise HpkError(f"bubble {spec.name} has no overlay subnet yet", "is it still starting, or did it fail?")
+        return cls(spec, SubnetEnv.read(spec.subnet_file))
+
+    @property
+    def ipam(self) -> Ipam:
+        return Ipam(self.spec.run_dir / "ipam", self.subnet.subnet)
+
+    @property
+    def records(self) -> RecordStore:
+        return RecordStore(self.spec.run_dir / "containers")
+
+    @property
+    def slirp(self) -> SlirpApi:
+        return SlirpApi(self.spec.slirp_socket)
+
+
+# -- teardown (also for orphans) ------------------------------------------------------------
+
+
+def teardown(ctx: BubbleContext, record: ContainerRecord) -> None:
+    """Give back everything the container had; safe to repeat, whatever was set up."""
+    for ref in record.daemons.values():
+        ref.terminate(timeout=5)
+    if record.bubble_link:
+        datapath.delete_link(record.bubble_link)
+    if record.socket:
+        Path(record.socket).unlink(missing_ok=True)
+    for pub in record.published:
+        unpublish(ctx.slirp, pub, record.address)
+    ctx.ipam.release(Lease(record.address, record.id, record.owner))
+
+
+def sweep_orphans(ctx: BubbleContext) -> list[str]:
+    """Clear containers whose hpktainer died (SIGKILL): the next call finds and ends them."""
+    swept = []
+    for record in ctx.records.all():
+        if record.orphaned:
+            if record.holder:
+                record.holder.terminate(timeout=5)
+            teardown(ctx, record)
+            record.ended, record.exit_code = time.time(), None
+            ctx.records.save(record)
+            swept.append(record.id)
+            log.info("cleared orphaned container %s (%s)", record.id, record.address)
+    return swept
+
+
+# -- one container --------------------------------------------------------------------------
+
+
+def container_env(ctx: BubbleContext, record: ContainerRecord) -> dict[str, str]:
+    env = {
+        "HPK_IP": record.address,
+        "HPK_GATEWAY_IP": record.gateway,
+        "HPK_SOCKET_PATH": record.socket,
+        "HPK_CONTAINER_ID": record.id,
+        "HPK_BUBBLE": ctx.spec.name,
+        "HPK_NETWORK": str(ctx.subnet.network),
+        "HPK_MTU": str(ctx.subnet.mtu),
+    }
+    for ours, slurm in (("HPK_JOB_ID", "SLURM_JOB_ID"), ("HPK_STEP_ID", "SLURM_STEP_ID"), ("HPK_RANK", "SLURM_PROCID")):
+        if slurm in os.environ:
+            env[ours] = os.environ[slurm]
+    return env
+
+
+class ContainerRun:
+    def __init__(self, ctx: BubbleContext, args: ContainerArgs, engine: Engine | None = None):
+        self.ctx, self.args = ctx, args
+        self.engine = engine or select_engine()
+        self.published = [parse_publish(p) for p in args.publish]  # bad input fails before anything exists
+        self.started: Started | None = None
+        self.record: ContainerRecord | None = None
+
+    @property
+    def name(self) -> str:
+        return f"hpk-{self.record.id}"
+
+    def run(self) -> int:
+        ctx = self.ctx
+        sweep_orphans(ctx)
+        container_id = secrets.token_hex(4)
+        owner = ProcRef.of(os.getpid())
+        lease = ctx.ipam.allocate(container_id, owner)
+        self.record = record = ContainerRecord(
+            id=container_id, address=lease.address, gateway=ctx.subnet.gateway, mode=self.args.net_mode,
+            image=self.args.image, command=self.args.command, owner=owner,
+            step=os.environ.get("SLURM_STEP_ID", ""), rank=os.environ.get("SLURM_PROCID", ""),
+        )
+        ctx.records.save(record)
+        code = 1
+        forward_to(lambda: self.engine.signal_target(self.started) if self.started else None)
+        try:
+            self.started = self.engine.prepare(self.args, self.name, container_env(ctx, record))
+            record.holder = self.started.holder
+            ctx.records.save(record)
+            self.wire(f"/proc/{self.started.holder.pid}/ns/net")
+            for pub in self.published:
+                record.published.append(pub)
+                ctx.records.save(record)
+                publish(ctx.slirp, ctx.spec.slirp.guest, pub, record.address)
+            self.engine.go(self.started, self.args, self.name, container_env(ctx, record))
+            code = self.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)  # teardown must finish
+            if self.started:
+                self.engine.cleanup(self.started, self.name)
+            teardown(ctx, record)
+            record.ended, record.exit_code = time.time(), code
+            ctx.records.save(record)
+        return code
+
+    def wire(self, netns: str) -> None:
+        ctx, record = self.ctx, self.record
+        network = ctx.subnet.subnet.network
+        mtu = ctx.subnet.mtu
+        record.bubble_link = datapath.link_name(record.mode, record.address, network)
+        if record.mode == "veth":
+            ctx.records.save(record)
+            datapath.create_veth(record.bubble_link, netns, mtu)
+            ifname = "eth0"
+        else:
+            ctx.spec.socket_dir.mkdir(mode=0o700, exist_ok=True)
+            record.socket = str(ctx.spec.socket_dir / f"{record.id}.sock")
+            folder = ctx.records.folder
+            logs = {role: folder / f"{record.id}.{role}.log" for role in ("server", "client")}
+            stats = {role: ctx.records.stats_path(record.id, role) for role in ("server", "client")}
+            record.daemons["server"] = datapath.start_daemon(
+                datapath.daemon_argv("server", Path(record.socket), record.bubble_link, mtu, stats["server"],
+                                     bridge=BRIDGE), logs["server"])
+            ctx.records.save(record)
+            record.daemons["client"] = datapath.start_daemon(
+                datapath.daemon_argv("client", Path(record.socket), "tap0", mtu, stats["client"], netns=netns),
+                logs["client"])
+            ctx.records.save(record)
+            datapath.wait_connected(stats["client"], record.daemons, logs)
+            ifname = "tap0"
+        datapath.in_netns(netns, datapath.configure_interface, ifname, record.address,
+                          network.prefixlen, record.gateway, mtu)
+
+    def wait(self) -> int:
+        process = self.started.process
+        while True:
+            try:
+                _, status = os.waitpid(process.pid, 0)
+                process.returncode = exit_code(status)
+                return process.returncode
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                return process.returncode if process.returncode is not None else 1
+
+
+def container_rows(ctx: BubbleContext) -> list[dict]:
+    """`hpktainer ps`: every container of the bubble, running first, with traffic counters."""
+    rows = []
+    for record in ctx.records.all():
+        if record.mode == "relay":
+            stats = ctx.records.stats(record.id)
+            traffic = {"tx_bytes": stats.get("tx_bytes", 0), "rx_bytes": stats.get("rx_bytes", 0),
+                       "tx_frames": stats.get("tx_frames", 0), "rx_frames": stats.get("rx_frames", 0),
+                       "drops": stats.get("rx_drops", 0)}
+        else:
+            link = datapath.link_counters(record.bubble_link) if record.running else {}
+            traffic = {"tx_bytes": link.get("rx_bytes", 0), "rx_bytes": link.get("tx_bytes", 0),
+                       "tx_frames": link.get("rx_packets", 0), "rx_frames": link.get("tx_packets", 0),
+                       "drops": link.get("rx_dropped", 0) + link.get("tx_dropped", 0)}
+        rows.append({
+            "id": record.id, "ip": record.address, "pid": record.holder.pid if record.holder else None,
+            "mode": record.mode, "image": record.image, "command": record.command,
+            "state": "running" if record.running else ("orphaned" if record.orphaned else "exited"),
+            "started": record.started, "ended": record.ended, "exit_code": record.exit_code,
+            "published": [f"{p.host_port}:{p.container_port}/{p.proto}" for p in record.published],
+            **traffic,
+        })
+    return sorted(rows, key=lambda r: (r["state"] != "running", r["started"]))

@@ -1,0 +1,93 @@
+"""The container's first process (embedded runtime): wait for the network, enter the root, run the command.
+
+It starts in the container's fresh namespaces (network, mount, PID; it is
+PID 1 there) from the bubble's file system, so the image needs nothing of
+ours. It blocks until hpktainer says the network is up (one byte on the go
+fd), then, for an image directory, mounts /proc, /dev and /sys inside it and
+chroots (for the bubble's own root, only a fresh /sys); then runs the command as its child, passes INT/TERM/HUP on, and
+exits with the command's status (128+N when a signal N ended it).
+
+Run: python -m hpk_slurm.container.stage1 GO_FD ROOTFS|- -- COMMAND [ARGS...]
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+from hpk_slurm.signals import FORWARDED, exit_code, forward_to
+
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
+
+
+def _mount(source: str, target: str, fstype: str | None, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
+
+
+SAFE = MS_NOSUID | MS_NODEV | MS_NOEXEC
+
+
+def mount_sysfs(target: str) -> None:
+    """A sysfs of the container's own network namespace (/sys/class/net shows tap0, not the host's)."""
+    _mount("sysfs", target, "sysfs", SAFE)
+
+
+def enter_root(rootfs: str) -> None:
+    for name in ("proc", "dev", "sys"):
+        os.makedirs(os.path.join(rootfs, name), exist_ok=True)
+    _mount("proc", os.path.join(rootfs, "proc"), "proc", SAFE)
+    _mount("/dev", os.path.join(rootfs, "dev"), None, MS_BIND | MS_REC)
+    mount_sysfs(os.path.join(rootfs, "sys"))
+    os.chroot(rootfs)
+    os.chdir("/")
+
+
+def run(go_fd: int, rootfs: str, command: list[str]) -> int:
+    if os.read(go_fd, 1) != b"1":
+        print("hpktainer: the container's network was not set up; not starting the command", file=sys.stderr)
+        return 125
+    os.close(go_fd)
+    if rootfs != "-":
+        enter_root(rootfs)
+    else:
+        mount_sysfs("/sys")
+    try:
+        child = os.fork()
+    except OSError as exc:
+        print(f"hpktainer: cannot start the command: {exc}", file=sys.stderr)
+        return 126
+    if child == 0:
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        try:
+            os.execvp(command[0], command)
+        except OSError as exc:
+            print(f"hpktainer: {command[0]}: {exc.strerror}", file=sys.stderr)
+            os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+
+    forward_to(lambda: child)
+    while True:  # as PID 1 we also reap orphans of the command
+        pid, status = os.wait()
+        if pid == child:
+            return exit_code(status)
+
+
+def main(argv: list[str]) -> int:
+    go_fd, rootfs = int(argv[0]), argv[1]
+    if argv[2] != "--" or len(argv) < 4:
+        print("usage: python -m hpk_slurm.container.stage1 GO_FD ROOTFS|- -- COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    for sig in FORWARDED:
+        signal.signal(sig, signal.SIG_IGN)  # until the command runs: nothing to pass on yet
+    return run(go_fd, rootfs, argv[3:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

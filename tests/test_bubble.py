@@ -103,8 +103,10 @@ def test_pod_reaches_a_server_on_its_hosts_loopback(lab):
 def test_two_overlays_on_the_same_hosts_are_isolated(lab):
     a1 = lab.start(1, 1)
     a2 = lab.start(2, 2, controller_index=1)
+    # Its own address range too: flannel picks subnets at random, and a shared range could hand both
+    # overlays the same /24, which would make a reply from the wrong overlay look like a leak.
     other = ["--etcd-prefix", "/hpk/other/network", "--vni", "7", "--vxlan-port", "8473", "--etcd-port", "2479",
-             "--name", "other"]
+             "--network", "10.245.0.0/16", "--name", "other"]
     b1 = lab.start(1, 3, *other)
     b2 = lab.start(2, 4, *other[:-2], "--name", "other2", "--etcd-port", "2479", controller_index=1)
     pa1, ipa1 = lab.pod(a1, 2)
@@ -114,6 +116,9 @@ def test_two_overlays_on_the_same_hosts_are_isolated(lab):
     assert pa1.ping(ipa2) and pb1.ping(ipb2)
     for src, dst in ((pa1, ipb2), (pa2, ipb1), (pb1, ipa2), (pb2, ipa1)):
         assert not src.ping(dst, count=2, wait=0.5), f"{src.name} reached {dst} across overlays"
+    # Neither overlay's flanneld learned the other's leases.
+    for bubble, foreign in ((a1, "10.245."), (a2, "10.245."), (b1, "10.244."), (b2, "10.244.")):
+        assert foreign not in lab.exec(bubble, ["ip", "route"]).stdout
 
 
 def test_stop_leaves_nothing_behind(lab):

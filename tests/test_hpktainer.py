@@ -102,6 +102,20 @@ def test_container_reaches_a_container_in_the_other_hosts_bubble(lab):
     assert json.loads(server.log_path.read_text().splitlines()[-1]) == json.loads(client.stdout.splitlines()[-1])
 
 
+def test_data_written_just_before_exit_still_arrives(lab):
+    """The sender's last megabytes sit in its socket buffer when it exits: the network must stay until they left."""
+    b1 = lab.start(1, 1)
+    b2 = lab.start(2, 2, controller_index=1)
+    server = lab.bed.spawn([*TCPCHECK, "serve", "0.0.0.0", "5004", "1.0", "65536"],
+                           netns=lab.pod(b2, 9)[0], log_name="slow-reader")
+    wait_for(lambda: "listening" in server.log_path.read_text(), what="slow reader")
+    target = b2.facts["flannel_subnet"].rsplit(".", 1)[0] + ".9"
+    sender = lab.hpktainer(b1, "exec", "--net-mode", "veth", "/", *TCPCHECK, "send", target, "5004", "3000000")
+    assert sender.returncode == 0, sender.stderr
+    assert server.wait(30) == 0
+    assert json.loads(server.log_path.read_text().splitlines()[-1]) == json.loads(sender.stdout.splitlines()[-1])
+
+
 def test_container_reaches_a_server_on_its_hosts_loopback(lab, bubble):
     server = lab.bed.spawn([*TCPCHECK, "serve", "127.0.0.1", "18090"], netns=lab.hosts[0], log_name="loopback")
     wait_for(lambda: "listening" in server.log_path.read_text(), what="loopback server")

@@ -67,6 +67,44 @@ def configure_interface(ifname: str, address: str, prefixlen: int, gateway: str,
         ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=index)
 
 
+#: TCP states in which a socket still has something to deliver (data or its FIN):
+#: ESTABLISHED, FIN_WAIT1, CLOSE_WAIT, LAST_ACK, CLOSING.
+_SENDING_STATES = {"01", "04", "08", "09", "0B"}
+
+
+def unsent_tcp() -> int:
+    """Sockets in this thread's network namespace with data or a FIN not yet acknowledged."""
+    busy = 0
+    for table in ("/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    tx_queue = int(fields[4].split(":")[0], 16)
+                    if fields[3] in _SENDING_STATES and (tx_queue or fields[3] != "01"):
+                        busy += 1
+        except FileNotFoundError:
+            continue
+    return busy
+
+
+def drain(netns_path: str, timeout: float = 2.0) -> None:
+    """Give a finished container's last bytes time to leave before its network is taken away.
+
+    A program that writes and exits leaves its data in the kernel's socket
+    buffers; the kernel keeps sending it, but only while the namespace still
+    has its link. Bounded: a peer that never acknowledges costs `timeout`.
+    """
+
+    def wait() -> None:
+        deadline = time.monotonic() + timeout
+        while unsent_tcp() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    in_netns(netns_path, wait)
+
+
 def delete_link(name: str) -> None:
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=name)

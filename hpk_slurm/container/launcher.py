@@ -120,6 +120,12 @@ class ContainerRun:
         self.published = [parse_publish(p) for p in args.publish]  # bad input fails before anything exists
         self.started: Started | None = None
         self.record: ContainerRecord | None = None
+        self.netns_fd: int | None = None
+
+    @property
+    def netns_path(self) -> str:
+        """The container's network namespace, through our own open reference to it."""
+        return f"/proc/{os.getpid()}/fd/{self.netns_fd}"
 
     @property
     def name(self) -> str:
@@ -143,7 +149,9 @@ class ContainerRun:
             self.started = self.engine.prepare(self.args, self.name, container_env(ctx, record))
             record.holder = self.started.holder
             ctx.records.save(record)
-            self.wire(f"/proc/{self.started.holder.pid}/ns/net")
+            # Hold the namespace open: it must outlive the command until its data has left.
+            self.netns_fd = os.open(f"/proc/{self.started.holder.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            self.wire(self.netns_path)
             for pub in self.published:
                 record.published.append(pub)
                 ctx.records.save(record)
@@ -153,9 +161,13 @@ class ContainerRun:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_IGN)  # teardown must finish
+            if self.netns_fd is not None:
+                datapath.drain(self.netns_path)
             if self.started:
                 self.engine.cleanup(self.started, self.name)
             teardown(ctx, record)
+            if self.netns_fd is not None:
+                os.close(self.netns_fd)
             record.ended, record.exit_code = time.time(), code
             ctx.records.save(record)
         return code

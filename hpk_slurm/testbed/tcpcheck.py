@@ -12,11 +12,14 @@ import json
 import random
 import socket
 import sys
+import time
 
 
-def accept_one(host: str, port: int, timeout: float = 60) -> socket.socket:
+def accept_one(host: str, port: int, timeout: float = 60, rcvbuf: int | None = None) -> socket.socket:
     """Listen, say "listening" on stdout (tests wait for it), and take one connection."""
     with socket.create_server((host, port)) as server:
+        if rcvbuf:  # set before accept, so the connection's window starts small
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         server.settimeout(timeout)
         print("listening", flush=True)
         conn, _ = server.accept()
@@ -24,8 +27,10 @@ def accept_one(host: str, port: int, timeout: float = 60) -> socket.socket:
     return conn
 
 
-def serve(host: str, port: int, timeout: float = 60) -> dict:
-    with accept_one(host, port, timeout) as conn:
+def serve(host: str, port: int, timeout: float = 60, delay: float = 0, rcvbuf: int | None = None) -> dict:
+    """Receive until EOF; `delay` and a small `rcvbuf` keep the sender's data queued at its end."""
+    with accept_one(host, port, timeout, rcvbuf) as conn:
+        time.sleep(delay)
         digest, total = hashlib.sha256(), 0
         while chunk := conn.recv(1 << 20):
             digest.update(chunk)
@@ -47,5 +52,9 @@ def send(host: str, port: int, size: int, seed: int = 1, timeout: float = 60) ->
 
 if __name__ == "__main__":
     verb, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    result = serve(host, port) if verb == "serve" else send(host, port, int(sys.argv[4]))
+    if verb == "serve":  # serve HOST PORT [DELAY RCVBUF]
+        extra = sys.argv[4:6]
+        result = serve(host, port, delay=float(extra[0]) if extra else 0, rcvbuf=int(extra[1]) if len(extra) > 1 else None)
+    else:
+        result = send(host, port, int(sys.argv[4]))
     print(json.dumps(result), flush=True)

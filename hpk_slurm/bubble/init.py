@@ -138,7 +138,7 @@ class BubbleInit:
 
     def boot(self) -> None:
         self.wait_for_tap()
-        if self.spec.controller:
+        if self.spec.host_etcd:
             self.start_etcd()
         self.wait_for_etcd()
         if self.spec.controller:

@@ -96,7 +96,7 @@ def is_running(spec: BubbleSpec) -> bool:
 
 
 def start(spec: BubbleSpec) -> dict:
-    problems = bubble_problems(spec.controller)
+    problems = bubble_problems(spec.host_etcd)
     if problems:
         raise HpkError("cannot start the bubble: " + "; ".join(map(str, problems)))
     runtime = select_runtime(spec.runtime)
@@ -154,7 +154,7 @@ def add_forwards(spec: BubbleSpec) -> None:
     api = SlirpApi(spec.slirp_socket)
     guest = spec.slirp.guest
     api.add_hostfwd(HostForward("udp", spec.network.port, guest, spec.network.port))
-    if spec.controller:
+    if spec.host_etcd:
         api.add_hostfwd(HostForward("tcp", spec.etcd_port, guest, ETCD_CLIENT_PORT))
 
 
@@ -217,7 +217,7 @@ def _release_leftover_lease(run_dir: Path) -> None:
         spec = BubbleSpec.load(run_dir)
     except (FileNotFoundError, HpkError, KeyError, json.JSONDecodeError):
         return
-    if spec.controller:
+    if spec.host_etcd:
         return  # its etcd died with it
     subnet = SubnetEnv.parse(f"FLANNEL_NETWORK={status.flannel_network}\nFLANNEL_SUBNET={status.flannel_subnet}\n"
                              f"FLANNEL_MTU={status.flannel_mtu}\n")
@@ -253,6 +253,7 @@ def describe(run_dir: Path) -> dict:
         "host_ip": spec.host_ip,
         "slirp_cidr": str(spec.slirp.cidr),
         "role": "controller" if spec.controller else "node",
+        "hosts_etcd": spec.host_etcd,
         "flannel_network": status.flannel_network,
         "flannel_subnet": status.flannel_subnet,
         "flannel_mtu": status.flannel_mtu,

@@ -64,8 +64,8 @@ def userns_problem() -> Problem | None:
     return None
 
 
-def bubble_problems(controller: bool) -> list[Problem]:
-    needed = dict(BUBBLE_BINARIES, **(CONTROLLER_BINARIES if controller else {}))
+def bubble_problems(host_etcd: bool) -> list[Problem]:
+    needed = dict(BUBBLE_BINARIES, **(CONTROLLER_BINARIES if host_etcd else {}))
     problems = missing_binaries(needed)
     problems += [p for p in (tun_problem(), userns_problem()) if p]
     return problems

@@ -19,6 +19,7 @@ from hpk_slurm.overlay.flannel import NetworkConfig
 
 MAX_ID = 253  # slirp CIDR 10.0.(ID+1).0/24
 ETCD_CLIENT_PORT = 2379  # inside the bubble; the host side is `etcd_port`
+LOCAL_ETCD = (f"http://127.0.0.1:{ETCD_CLIENT_PORT}",)  # a controller's own etcd, seen from inside
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _PREFIX = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
 
@@ -44,7 +45,7 @@ def default_run_root() -> Path:
 class BubbleSpec:
     id: int
     host_ip: str
-    controller: bool  # hosts etcd and writes the network config (the seed's HPK_ROLE=controller)
+    controller: bool  # writes the network config (the seed's HPK_ROLE=controller)
     etcd_endpoints: tuple[str, ...]  # as seen from inside the bubble
     etcd_prefix: str = "/hpk/network"
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -54,6 +55,7 @@ class BubbleSpec:
     runtime: str = "embedded"
     image: str | None = None
     start_timeout: float = 60.0
+    host_etcd: bool | None = None  # run the job's etcd here; default: a controller without a site etcd
 
     def __post_init__(self) -> None:
         parse_id(self.id)
@@ -71,6 +73,8 @@ class BubbleSpec:
             raise HpkError(f"etcd port {self.etcd_port} out of range", "use 1024..65535 (unprivileged)")
         if not self.etcd_endpoints:
             raise HpkError("no etcd endpoints", "host etcd in this bubble (--controller) or give --etcd-endpoints / ETCD_IP")
+        if self.host_etcd is None:
+            object.__setattr__(self, "host_etcd", self.controller and self.etcd_endpoints == LOCAL_ETCD)
         if not self.run_dir.parts:
             object.__setattr__(self, "run_dir", default_run_root() / self.name)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from hpk_slurm.bubble import manager
-from hpk_slurm.bubble.spec import ETCD_CLIENT_PORT, BubbleSpec, default_run_root, parse_id
+from hpk_slurm.bubble.spec import ETCD_CLIENT_PORT, LOCAL_ETCD, BubbleSpec, default_run_root, parse_id
 from hpk_slurm.errors import HpkError
 from hpk_slurm.log import setup_logging
 from hpk_slurm.net.host import detect_host_ip
@@ -70,7 +70,8 @@ def main(verbose):
 @click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="This bubble's run folder (overrides --run-root/--name).")
 @click.option("--host-ip", envvar="HOST_IP", default=None, help="This node's IPv4 address (default: detected). Env: HOST_IP.")
 @click.option("--controller/--node", "controller", default=None,
-              help="Controller: host etcd here and write the overlay config. Env: HPK_ROLE=controller|node.")
+              help="Controller: write the overlay config, and host the job's etcd unless --etcd-endpoints "
+                   "names one. Env: HPK_ROLE=controller|node.")
 @click.option("--etcd-ip", envvar="ETCD_IP", default=None, help="Node: the controller's host IP. Env: ETCD_IP.")
 @click.option("--etcd-port", type=int, default=ETCD_CLIENT_PORT, show_default=True,
               help="Host TCP port of the job's etcd (forwarded to the controller bubble).")
@@ -98,7 +99,7 @@ def start(ident, name, run_root, run_dir, host_ip, controller, etcd_ip, etcd_por
         if etcd_endpoints:
             endpoints = tuple(e.strip() for e in etcd_endpoints.split(",") if e.strip())
         elif controller:
-            endpoints = (f"http://127.0.0.1:{ETCD_CLIENT_PORT}",)
+            endpoints = LOCAL_ETCD
         elif etcd_ip:
             endpoints = (f"http://{etcd_ip}:{etcd_port}",)
         else:

@@ -54,7 +54,7 @@ def find_bubble(selector: str | None) -> Path:
     if selector:
         path = Path(selector) if "/" in selector else root / (f"bubble{selector}" if selector.isdigit() else selector)
     elif os.environ.get("SLURM_JOB_ID", "").isdigit():
-        path = root / f"hpk-{os.environ['SLURM_JOB_ID']}"
+        path = job_bubble(int(os.environ["SLURM_JOB_ID"]))
     else:
         running = [Path(b["run_dir"]) for b in manager.list_bubbles(root) if b["state"] == "ready"]
         if len(running) != 1:
@@ -64,6 +64,23 @@ def find_bubble(selector: str | None) -> Path:
         path = running[0]
     if not (path / "spec.json").is_file():
         raise HpkError(f"no bubble at {path}", "start it with `hpk-bubble start`, or check --bubble")
+    return path
+
+
+def job_bubble(job_id: int) -> Path:
+    """This node's bubble of Slurm job `job_id`, or why the prolog could not start it."""
+    from hpk_slurm.config import load_config
+    from hpk_slurm.slurm.job import job_run_dir
+    from hpk_slurm.slurm.prolog import failure_marker
+
+    path = job_run_dir(load_config(), os.getuid(), job_id)
+    marker = failure_marker(path)
+    if not path.exists() and marker.is_file():
+        raise HpkError(f"job {job_id} has no bubble on this node: {marker.read_text().strip()}",
+                       "see the node's slurmd log for the prolog's messages")
+    if not path.exists():
+        raise HpkError(f"job {job_id} has no bubble on this node ({path})",
+                       "is the hpk prolog configured (Prolog=, PrologFlags=Alloc) on this cluster?")
     return path
 
 

@@ -1,0 +1,1 @@
+"""Per-job network reports: what each node's bubble and containers did."""

@@ -143,7 +143,9 @@ def main(bubble, verbose):
       hpktainer run    [apptainer options] IMAGE [ARGS...]
       hpktainer exec   [apptainer options] IMAGE COMMAND [ARGS...]
       hpktainer shell  [apptainer options] IMAGE
-      hpktainer ps [--json]
+      hpktainer ps [--json] [--all]
+      hpktainer hosts [--step N]                 the step's ranks: IP and <jobid>-<rank>
+      hpktainer srun [srun options] -- [options] IMAGE [ARGS...]
       hpktainer <anything else>  -> passed to apptainer unchanged
 
     What differs from apptainer: the container gets its own network
@@ -158,6 +160,8 @@ def main(bubble, verbose):
       --net-mode relay|veth   relay (default): TAP + hpk-net-daemon pair over a
                               UNIX socket; veth: a kernel veth pair (faster)
       --publish H:C[/tcp|udp] make container port C answer on this node's port H
+      --wait-peers            in a job step: start the command once every rank of
+                              the step is up; HPK_PEERS and /etc/hosts name them
 
     Exit status: the container's (128+N if signal N ended it). INT, TERM and
     HUP are passed to the container. Run it on a node of a job with a bubble
@@ -211,6 +215,43 @@ def ps(ctx, as_json, show_all):
     for r in rows:
         click.echo(f"{r['id']:9} {r['ip']:15} {r['pid'] or '-':>7} {r['mode']:5} {r['state']:8} "
                    f"{r['tx_bytes']:>12} {r['rx_bytes']:>12}  {' '.join(r['command'])}")
+
+
+@main.command()
+@click.option("--step", default=None, help="Job step (default: this step, SLURM_STEP_ID).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def hosts(ctx, step, as_json):
+    """The step's ranks as a hostfile: overlay IP and name (<jobid>-<rank>), one per line."""
+    step = step or os.environ.get("SLURM_STEP_ID")
+    job = os.environ.get("SLURM_JOB_ID")
+    if not (step and step.isdigit() and job and job.isdigit()):
+        fail(HpkError("no job step", "run it inside a job (srun hpktainer hosts), or give --step"), 2)
+    bubble_ctx = inside_or_reenter(ctx)
+    from hpk_slurm.container.peers import Peers
+    from hpk_slurm.overlay.etcd import Etcd
+
+    ranks = Peers(Etcd(bubble_ctx.spec.etcd_endpoints), bubble_ctx.spec.etcd_prefix).ranks(step)
+    if as_json:
+        click.echo(json.dumps(ranks, indent=1))
+        return
+    for rank, entry in ranks.items():
+        click.echo(f"{entry['ip']}\t{job}-{rank}")
+
+
+@main.command(context_settings=PASSTHROUGH)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def srun(argv):
+    """Shorthand: hpktainer srun [srun options] -- [options] IMAGE [ARGS] = srun [srun options] hpktainer run ..."""
+    argv = list(argv)
+    if "--" not in argv:
+        fail(HpkError("hpktainer srun: put -- between srun's options and the container's"), 2)
+    cut = argv.index("--")
+    srun_options, container = argv[:cut], argv[cut + 1:]
+    binary = shutil.which("srun")
+    if not binary:
+        fail(HpkError("srun not found", "install the Debian package slurm-client, or run inside a Slurm job"))
+    os.execv(binary, [binary, *srun_options, sys.executable, "-m", "hpk_slurm.cli.hpktainer", "run", *container])
 
 
 @click.command(context_settings=PASSTHROUGH)

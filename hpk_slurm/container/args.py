@@ -24,6 +24,7 @@ VALUE_OPTIONS = {
 NETWORK_OPTIONS = {"--net", "-n", "--network", "--network-args", "--dns"}
 #: hpktainer's own options (before IMAGE, mixed with Apptainer's).
 OWN_VALUE_OPTIONS = {"--net-mode", "--publish", "-p"}
+OWN_FLAGS = {"--wait-peers"}
 
 
 @dataclass
@@ -35,6 +36,7 @@ class ContainerArgs:
     net_mode: str = "relay"
     publish: list[str] = field(default_factory=list)
     instance_name: str | None = None
+    wait_peers: bool = False
 
     def option_values(self, *names: str) -> list[str]:
         """Values of an Apptainer option given as `--opt v` or `--opt=v` (e.g. every --env)."""
@@ -51,7 +53,7 @@ class ContainerArgs:
 def parse(verb: str, argv: list[str]) -> ContainerArgs:
     """Split `[options] IMAGE [ARGS...]` (instance start: `[options] IMAGE NAME [ARGS...]`)."""
     options: list[str] = []
-    net_mode, publish = "relay", []
+    net_mode, publish, wait_peers = "relay", [], False
     i = 0
     while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
         opt = argv[i]
@@ -71,7 +73,9 @@ def parse(verb: str, argv: list[str]) -> ContainerArgs:
         else:
             value = opt.split("=", 1)[1] if has_inline else None
             i += 1
-        if name == "--net-mode":
+        if name == "--wait-peers":
+            wait_peers = True
+        elif name == "--net-mode":
             if value not in ("relay", "veth"):
                 raise HpkError(f"--net-mode {value!r}: use relay (TAP + hpk-net-daemon) or veth (kernel)")
             net_mode = value
@@ -92,4 +96,4 @@ def parse(verb: str, argv: list[str]) -> ContainerArgs:
         instance_name, rest = rest[0], rest[1:]
     if verb == "exec" and not rest:
         raise HpkError("hpktainer exec: missing COMMAND after IMAGE")
-    return ContainerArgs(verb, image, rest, options, net_mode, publish, instance_name)
+    return ContainerArgs(verb, image, rest, options, net_mode, publish, instance_name, wait_peers)

@@ -12,6 +12,7 @@ returns its first process; `go` starts the user's command.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -38,10 +39,12 @@ class Started:
 
 class Engine(ABC):
     @abstractmethod
-    def prepare(self, args: ContainerArgs, name: str, env: dict[str, str]) -> Started: ...
+    def prepare(self, args: ContainerArgs, name: str, env: dict[str, str], hosts: Path | None = None) -> Started:
+        """`hosts`: a file that will hold the step's peers, to become the container's /etc/hosts."""
 
     @abstractmethod
-    def go(self, started: Started, args: ContainerArgs, name: str, env: dict[str, str]) -> None: ...
+    def go(self, started: Started, args: ContainerArgs, name: str, env: dict[str, str],
+           hosts: Path | None = None) -> None: ...
 
     @abstractmethod
     def signal_target(self, started: Started) -> int | None: ...
@@ -100,7 +103,7 @@ class EmbeddedEngine(Engine):
         env.update(hpk_env)
         return env
 
-    def prepare(self, args: ContainerArgs, name: str, env: dict[str, str]) -> Started:
+    def prepare(self, args: ContainerArgs, name: str, env: dict[str, str], hosts: Path | None = None) -> Started:
         require_binary("unshare", "util-linux")
         self.check_options(args)
         rootfs = self.rootfs(args.image)
@@ -122,10 +125,12 @@ class EmbeddedEngine(Engine):
             time.sleep(0.002)
         return Started(ProcRef.of(kids[0]), process, {"go": go_w})
 
-    def go(self, started: Started, args: ContainerArgs, name: str, env: dict[str, str]) -> None:
+    def go(self, started: Started, args: ContainerArgs, name: str, env: dict[str, str],
+           hosts: Path | None = None) -> None:
         go_w = started.extra.pop("go")
-        os.write(go_w, b"1")
-        os.close(go_w)
+        message = json.dumps({"env": env, "hosts": str(hosts) if hosts else None}).encode()
+        with os.fdopen(go_w, "wb") as pipe:
+            pipe.write(message)
 
     def signal_target(self, started: Started) -> int | None:
         return started.holder.pid  # stage1, PID 1 of the container, passes them on
@@ -145,8 +150,9 @@ class ApptainerEngine(Engine):
     def __init__(self, binary: str):
         self.binary = binary
 
-    def prepare(self, args: ContainerArgs, name: str, env: dict[str, str]) -> Started:
-        argv = apptainer_cli.nested_instance_start_argv(self.binary, args.apptainer_options, args.image, name)
+    def prepare(self, args: ContainerArgs, name: str, env: dict[str, str], hosts: Path | None = None) -> Started:
+        options = args.apptainer_options + (["--bind", f"{hosts}:/etc/hosts"] if hosts else [])
+        argv = apptainer_cli.nested_instance_start_argv(self.binary, options, args.image, name)
         result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise HpkError(f"apptainer instance start failed: {result.stderr.strip()[-500:]}")
@@ -156,7 +162,9 @@ class ApptainerEngine(Engine):
             raise HpkError(f"instance {name} started but apptainer does not list it")
         return Started(ProcRef.of(pid), process=None)  # type: ignore[arg-type]
 
-    def go(self, started: Started, args: ContainerArgs, name: str, env: dict[str, str]) -> None:
+    def go(self, started: Started, args: ContainerArgs, name: str, env: dict[str, str],
+           hosts: Path | None = None) -> None:
+        # The hosts file was bound at instance start (see prepare); env goes in as APPTAINERENV_*.
         verb = "exec" if args.verb == "exec" else args.verb
         argv = apptainer_cli.nested_command_argv(self.binary, verb, name, args.command)
         started.process = subprocess.Popen(argv, env=dict(os.environ, **apptainer_cli.apptainer_env(env)),

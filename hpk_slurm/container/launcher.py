@@ -24,11 +24,13 @@ from hpk_slurm.container import datapath
 from hpk_slurm.container.args import ContainerArgs
 from hpk_slurm.container.engines import Engine, Started, select_engine
 from hpk_slurm.container.ipam import Ipam, Lease
+from hpk_slurm.container.peers import Peers, StepRank, hosts_file
 from hpk_slurm.container.publish import parse_publish, publish, unpublish
 from hpk_slurm.container.record import ContainerRecord, RecordStore
 from hpk_slurm.errors import HpkError
 from hpk_slurm.net.bridge import BRIDGE
 from hpk_slurm.net.slirp import SlirpApi
+from hpk_slurm.overlay.etcd import Etcd
 from hpk_slurm.overlay.flannel import SubnetEnv
 from hpk_slurm.procs import ProcRef
 from hpk_slurm.signals import exit_code, forward_to
@@ -121,6 +123,8 @@ class ContainerRun:
         self.started: Started | None = None
         self.record: ContainerRecord | None = None
         self.netns_fd: int | None = None
+        self.rank = StepRank.from_environ()
+        self.registered = False
 
     @property
     def netns_path(self) -> str:
@@ -146,7 +150,12 @@ class ContainerRun:
         code = 1
         forward_to(lambda: self.engine.signal_target(self.started) if self.started else None)
         try:
-            self.started = self.engine.prepare(self.args, self.name, container_env(ctx, record))
+            hosts = ctx.records.folder / f"{record.id}.hosts" if self.args.wait_peers else None
+            if hosts:
+                if not self.rank:
+                    raise HpkError("--wait-peers needs a Slurm job step (run it with srun)")
+                hosts.write_text("")
+            self.started = self.engine.prepare(self.args, self.name, container_env(ctx, record), hosts)
             record.holder = self.started.holder
             ctx.records.save(record)
             # Hold the namespace open: it must outlive the command until its data has left.
@@ -156,7 +165,8 @@ class ContainerRun:
                 record.published.append(pub)
                 ctx.records.save(record)
                 publish(ctx.slirp, ctx.spec.slirp.guest, pub, record.address)
-            self.engine.go(self.started, self.args, self.name, container_env(ctx, record))
+            late_env = self.meet_peers(hosts)
+            self.engine.go(self.started, self.args, self.name, {**container_env(ctx, record), **late_env}, hosts)
             code = self.wait()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -165,12 +175,32 @@ class ContainerRun:
                 datapath.drain(self.netns_path)
             if self.started:
                 self.engine.cleanup(self.started, self.name)
+            if self.registered:
+                self.peers().unregister(self.rank)
             teardown(ctx, record)
             if self.netns_fd is not None:
                 os.close(self.netns_fd)
             record.ended, record.exit_code = time.time(), code
             ctx.records.save(record)
         return code
+
+    def peers(self) -> Peers:
+        return Peers(Etcd(self.ctx.spec.etcd_endpoints), self.ctx.spec.etcd_prefix)
+
+    def meet_peers(self, hosts: Path | None) -> dict[str, str]:
+        """Register this rank's address; with --wait-peers, wait for the whole step and name them."""
+        if not self.rank:
+            return {}
+        peers = self.peers()
+        peers.register(self.rank, self.record.address, os.uname().nodename, self.record.id)
+        self.registered = True
+        if not hosts:
+            return {}
+        ranks = peers.wait_all(self.rank, self.ctx.spec.start_timeout)
+        with open(hosts, "r+") as f:  # in place: an Apptainer bind of this file sees the new content
+            f.write(hosts_file(self.rank, ranks))
+        return {"HPK_PEERS": ",".join(entry["ip"] for entry in ranks.values()),
+                "HPK_HOSTNAME": self.rank.hostname()}
 
     def wire(self, netns: str) -> None:
         ctx, record = self.ctx, self.record

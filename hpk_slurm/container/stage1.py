@@ -2,8 +2,8 @@
 
 It starts in the container's fresh namespaces (network, mount, PID; it is
 PID 1 there) from the bubble's file system, so the image needs nothing of
-ours. It blocks until hpktainer says the network is up (one byte on the go
-fd), then, for an image directory, mounts /proc, /dev and /sys inside it and
+ours. It blocks until hpktainer says the network is up (a JSON message on
+the go fd, with late environment such as the step's peers), then, for an image directory, mounts /proc, /dev and /sys inside it and
 chroots (for the bubble's own root, only a fresh /sys); then runs the command as its child, passes INT/TERM/HUP on, and
 exits with the command's status (128+N when a signal N ended it).
 
@@ -13,6 +13,7 @@ Run: python -m hpk_slurm.container.stage1 GO_FD ROOTFS|- -- COMMAND [ARGS...]
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -49,11 +50,28 @@ def enter_root(rootfs: str) -> None:
     os.chdir("/")
 
 
+def read_go(go_fd: int) -> dict | None:
+    """hpktainer's go-ahead: {"env": {...}, "hosts": path or null}; None if it gave up (EOF)."""
+    data = b""
+    while chunk := os.read(go_fd, 65536):
+        data += chunk
+    os.close(go_fd)
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return None
+
+
 def run(go_fd: int, rootfs: str, command: list[str]) -> int:
-    if os.read(go_fd, 1) != b"1":
+    go = read_go(go_fd)
+    if go is None:
         print("hpktainer: the container's network was not set up; not starting the command", file=sys.stderr)
         return 125
-    os.close(go_fd)
+    os.environ.update(go.get("env", {}))
+    if go.get("hosts"):  # the step's peers by name
+        target = os.path.join(rootfs if rootfs != "-" else "/", "etc/hosts")
+        if os.path.exists(target):
+            _mount(go["hosts"], target, None, MS_BIND)
     if rootfs != "-":
         enter_root(rootfs)
     else:

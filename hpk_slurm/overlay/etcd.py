@@ -66,6 +66,11 @@ class Etcd:
     def keys(self, prefix: str) -> list[str]:
         return [k for k in self._run("get", prefix, "--prefix", "--keys-only").splitlines() if k]
 
+    def items(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, value) pairs under `prefix` (single-line values, as everything we store is)."""
+        lines = self._run("get", prefix, "--prefix").splitlines()
+        return list(zip(lines[0::2], lines[1::2]))
+
     def put(self, key: str, value: str) -> None:
         self._run("put", key, stdin=value)
 

@@ -58,7 +58,7 @@ def test_derivation_is_the_same_on_every_node_and_differs_between_jobs():
     assert a.vxlan_port == 40000 + 4242 and a.etcd_port == 30000 + 4242
     assert len({a.vxlan_port, b.vxlan_port, a.etcd_port, b.etcd_port}) == 4 and a.vni != b.vni
     assert 0 <= a.bubble_id <= 253
-    assert job_run_dir(cfg, 1001, 4242) == Path("/run/hpk/users/1001/hpk-4242")
+    assert job_run_dir(cfg, 1001, 4242, "node7") == Path("/run/hpk/users/1001/hpk-4242.node7")
 
 
 def test_node_addresses_from_slurm_conf(tmp_path):

@@ -41,7 +41,7 @@ READY_GRACE = 10.0
 #: What a run folder may hold; stop removes exactly these, never an arbitrary tree.
 RUN_FILES = ("spec.json", "state.json", "status.json", "subnet.env", "slirp.sock", ".lock",
              "init.log", "slirp4netns.log", "etcd.log", "flanneld.log", ".status.json.tmp")
-RUN_DIRS = ("sock", "etcd-data")
+RUN_DIRS = ("sock", "etcd-data", "containers", "ipam")
 
 
 @dataclass

@@ -73,7 +73,8 @@ def job_bubble(job_id: int) -> Path:
     from hpk_slurm.slurm.job import job_run_dir
     from hpk_slurm.slurm.prolog import failure_marker
 
-    path = job_run_dir(load_config(), os.getuid(), job_id)
+    node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+    path = job_run_dir(load_config(), os.getuid(), job_id, node)
     marker = failure_marker(path)
     if not path.exists() and marker.is_file():
         raise HpkError(f"job {job_id} has no bubble on this node: {marker.read_text().strip()}",

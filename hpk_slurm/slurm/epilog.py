@@ -32,7 +32,7 @@ def epilog(environ: dict | None = None) -> int:
     except HpkError as exc:
         log.error("epilog: %s", exc)
         return 1
-    run_dir = job_run_dir(cfg, job.uid, job.job_id)
+    run_dir = job_run_dir(cfg, job.uid, job.job_id, job.node)
     marker = failure_marker(run_dir)
     errors = [marker.read_text().strip()] if marker.is_file() and not marker.is_symlink() else []
     try:

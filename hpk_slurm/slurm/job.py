@@ -4,7 +4,8 @@ Prolog and epilog must not call Slurm commands (slurmctld may be busy): they
 read their environment, and the node addresses from slurm.conf.
 
 Derivation (per job, identical on every node of the job):
-- bubble name hpk-<jobid>, run folder <run_root>/<uid>/hpk-<jobid>;
+- bubble name hpk-<jobid>, run folder <run_root>/<uid>/hpk-<jobid>.<node> (the node
+  in the name keeps a run root on a shared file system, and the test bed, safe);
 - VXLAN UDP port = vxlan_port_base + jobid % port_range;
 - job-local etcd's host TCP port = etcd_port_base + jobid % port_range;
 - VNI = jobid % 16777214 + 1; etcd prefix /hpk/jobs/<jobid>/network;
@@ -106,8 +107,8 @@ class JobNetwork:
                    job_id % 16777214 + 1, f"/hpk/jobs/{job_id}/network")
 
 
-def job_run_dir(cfg: SiteConfig, uid: int, job_id: int) -> Path:
-    return Path(cfg.paths.run_root) / str(uid) / f"hpk-{job_id}"
+def job_run_dir(cfg: SiteConfig, uid: int, job_id: int, node: str) -> Path:
+    return Path(cfg.paths.run_root) / str(uid) / f"hpk-{job_id}.{node}"
 
 
 # -- node addresses -------------------------------------------------------------------------

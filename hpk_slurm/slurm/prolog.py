@@ -91,7 +91,7 @@ def prolog(environ: dict | None = None) -> int:
         return 1
     try:
         user_root = prepare_user_root(cfg, job)
-        run_dir = job_run_dir(cfg, job.uid, job.job_id)
+        run_dir = job_run_dir(cfg, job.uid, job.job_id, job.node)
         failure_marker(run_dir).unlink(missing_ok=True)
         argv, env = as_user(job, bubble_argv(cfg, job, net, run_dir))
     except HpkError as exc:

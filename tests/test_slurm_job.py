@@ -1,0 +1,129 @@
+"""A real Slurm job on two test hosts: the prolog starts a bubble per node, srun hpktainer runs
+one container per task on the job's overlay, the epilog writes the report and cleans up (root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpk_slurm.testbed.bubble_lab import BubbleLab
+from hpk_slurm.testbed.netns import wait_for
+from hpk_slurm.testbed.slurm import SlurmCluster
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+pytestmark = pytest.mark.skipif(shutil.which("slurmctld") is None,
+                                reason="needs the Debian packages slurmctld, slurmd, slurm-client and munge")
+
+
+class JobLab:
+    """Test hosts, an unprivileged user, the site config, and Slurm with our prolog and epilog."""
+
+    def __init__(self, bed):
+        self.bed = bed
+        self.bubbles = BubbleLab(bed)
+        self.user = self.bubbles.user()
+        site = bed.workdir / "site"
+        site.mkdir(mode=0o755)
+        self.run_root = bed.workdir / "run"
+        self.report_dir = bed.workdir / "reports"
+        self.config = site / "hpk.toml"
+        self.config.write_text(f'[paths]\nrun_root = "{self.run_root}"\nreport_dir = "{self.report_dir}"\n'
+                               '[bubble]\nruntime = "embedded"\nstart_timeout = 40\n')
+        scripts = {}
+        for name, target in (("prolog", REPO / "prolog" / "hpk-prolog"), ("epilog", REPO / "epilog" / "hpk-epilog")):
+            wrapper = site / f"{name}.sh"  # slurmd gives prologs no environment of ours: point them at the config
+            wrapper.write_text(f"#!/bin/sh\nHPK_CONFIG={self.config} exec {target}\n")
+            wrapper.chmod(0o755)
+            scripts[name] = wrapper
+        self.cluster = SlurmCluster(bed, hosts=self.bubbles.hosts, prolog=scripts["prolog"], epilog=scripts["epilog"],
+                                    prolog_flags="Alloc", prolog_epilog_timeout=90).start()
+
+    def close(self) -> None:
+        try:
+            self.cluster.close()
+        finally:
+            self.bubbles.close()
+
+    def job_script(self, body: str) -> str:
+        return f"#!/bin/bash\n#SBATCH -N2 --ntasks-per-node=1\nexport HPK_CONFIG={self.config} PY={PY}\n{body}\n"
+
+    def run_dirs(self, job_id: int) -> list[Path]:
+        return [self.run_root / str(self.user.uid) / f"hpk-{job_id}.{node}" for node in self.cluster.nodes]
+
+
+@pytest.fixture
+def job_lab(testbed):
+    lab = JobLab(testbed)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def test_two_node_job_containers_talk_across_nodes(job_lab):
+    lab = job_lab
+    body = r'''
+srun -N2 --ntasks-per-node=1 $PY -m hpk_slurm.cli.hpktainer exec --wait-peers / sh -c '
+  other=$((1 - HPK_RANK))
+  echo "rank=$HPK_RANK ip=$HPK_IP peers=$HPK_PEERS node=$(hostname)"
+  ping -c 2 -W 2 $SLURM_JOB_ID-$other >/dev/null && echo "rank $HPK_RANK reached $SLURM_JOB_ID-$other"
+  if [ "$HPK_RANK" = 0 ]; then
+    exec $PY -m hpk_slurm.testbed.tcpcheck serve 0.0.0.0 5001
+  else
+    for try in 1 2 3 4 5 6 7 8 9 10; do
+      $PY -m hpk_slurm.testbed.tcpcheck send $SLURM_JOB_ID-0 5001 3000000 2>/dev/null && exit 0
+      sleep 0.5
+    done
+    exit 1
+  fi'
+'''
+    job = lab.cluster.sbatch(lab.job_script(body), user=lab.user, nodes=None)
+    state = lab.cluster.wait_job(job, timeout=120)
+    output = lab.cluster.output(job)
+    assert state == "COMPLETED", output
+    assert f"rank 0 reached {job}-1" in output and f"rank 1 reached {job}-0" in output, output
+    transfers = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert len(transfers) == 2 and transfers[0] == transfers[1] and transfers[0]["bytes"] == 3000000, output
+    nodes = lab.cluster.nodes
+    reports = [lab.report_dir / str(job) / f"{node}.json" for node in nodes]
+    wait_for(lambda: all(r.exists() for r in reports), timeout=60, what="both nodes' reports")
+    for path in reports:
+        st = os.stat(path)
+        assert st.st_uid == lab.user.uid and stat.S_IMODE(st.st_mode) == 0o400
+        report = json.loads(path.read_text())
+        assert report["bubble"]["name"] == f"hpk-{job}" and report["bubble"]["flannel_subnet"]
+        assert [c["exit_code"] for c in report["containers"]] == [0]
+    assert stat.S_IMODE(os.stat(lab.report_dir / str(job)).st_mode) == 0o711
+    wait_for(lambda: not any(d.exists() for d in lab.run_dirs(job)), timeout=30, what="the epilog's cleanup")
+    sent = json.loads(reports[1].read_text())["containers"][0]["relay"]
+    assert sent["tx_bytes"] >= 3000000
+
+
+def test_prolog_failure_that_may_be_remote_is_reported_inside_the_job(job_lab):
+    """The first node's etcd port is taken: its bubble fails; the job sees why, the nodes stay in service."""
+    lab = job_lab
+    from hpk_slurm.config import load_config
+    from hpk_slurm.slurm.job import JobNetwork
+
+    next_job = int(lab.cluster.run(["scontrol", "show", "config"]).stdout.split("NEXT_JOB_ID", 1)[1].split("=")[1].split()[0])
+    port = JobNetwork.derive(next_job, load_config(lab.config)).etcd_port
+    blocker = lab.bed.spawn([PY, "-m", "hpk_slurm.testbed.tcpcheck", "serve", "0.0.0.0", str(port)],
+                            netns=lab.bubbles.hosts[0], log_name="port-blocker")
+    wait_for(lambda: "listening" in blocker.log_path.read_text(), what="port blocker")
+    job = lab.cluster.sbatch(lab.job_script("srun -N1 -n1 -w $(hostname) $PY -m hpk_slurm.cli.hpktainer exec / true"),
+                             user=lab.user, nodes=None)
+    assert job == next_job
+    state = lab.cluster.wait_job(job, timeout=120)
+    output = lab.cluster.output(job)
+    assert state == "FAILED", output
+    assert f"job {job} has no bubble on this node" in output and f"port {port}" in output, output
+    assert set(lab.cluster.node_states().values()) == {"idle"}, "a remote failure must not drain nodes"

@@ -27,7 +27,7 @@ BUBBLE_BINARIES = {
     "slirp4netns": "slirp4netns",
     "etcdctl": "etcd-client",
     "iptables": "iptables",
-    "flanneld": "flannel: install the release binary as /usr/local/bin/flanneld (scripts/setup builds it)",
+    "flanneld": "flannel: the release binary as /usr/local/bin/flanneld (scripts/setup builds it)",
 }
 CONTROLLER_BINARIES = {"etcd": "etcd-server"}
 

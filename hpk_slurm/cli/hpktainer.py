@@ -147,6 +147,7 @@ def main(bubble, verbose):
       hpktainer ps [--json] [--all]
       hpktainer hosts [--step N]                 the step's ranks: IP and <jobid>-<rank>
       hpktainer srun [srun options] -- [options] IMAGE [ARGS...]
+      hpktainer doctor [--json]                  is this node ready? what to fix
       hpktainer <anything else>  -> passed to apptainer unchanged
 
     What differs from apptainer: the container gets its own network
@@ -238,6 +239,36 @@ def hosts(ctx, step, as_json):
         return
     for rank, entry in ranks.items():
         click.echo(f"{entry['ip']}\t{job}-{rank}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def doctor(as_json):
+    """Check this node: programs, TUN device, user namespaces, etcd, the job's ports and bubble.
+
+    Exit status 1 when something is wrong; each problem says how to fix it.
+    """
+    from hpk_slurm import doctor as doc
+    from hpk_slurm.config import load_config
+    from hpk_slurm.slurm.job import job_run_dir
+
+    try:
+        cfg = load_config()
+    except HpkError as exc:
+        fail(exc)
+    job = doc.current_job()
+    running = False
+    if job is not None:
+        node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+        running = any(b["state"] == "ready" and b["run_dir"] == str(job_run_dir(cfg, os.getuid(), job, node))
+                      for b in manager.list_bubbles(job_run_dir(cfg, os.getuid(), job, node).parent))
+    checks = doc.run_checks(cfg, job, running)
+    if as_json:
+        click.echo(json.dumps([c.to_dict() for c in checks], indent=1))
+    else:
+        for check in checks:
+            click.echo(check.line())
+    sys.exit(0 if all(c.ok for c in checks) else 1)
 
 
 @main.command(context_settings=PASSTHROUGH)

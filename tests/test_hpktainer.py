@@ -230,3 +230,66 @@ def _host_pid(bubble_pid: int, bubble) -> int:
         except OSError:
             continue
     raise AssertionError(f"no process {bubble_pid} in the bubble")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGHUP, 129)])
+def test_int_and_hup_reach_the_container(lab, bubble, sig, code):
+    proc = lab.spawn_container(bubble, "exec", "/", "sleep", "600")
+    lab.wait_container(bubble, proc)
+    proc.send_signal(sig)
+    assert proc.wait(30) == code
+    assert leftovers(lab, bubble) == NOTHING
+
+
+def test_shell_gets_the_terminal(lab, bubble):
+    import pty
+    import select
+    import time
+
+    argv = bubble.host.exec_argv(lab.hpktainer_argv(bubble, "shell", "/"))
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvp(argv[0], argv)
+    output = b""
+    os.write(fd, b"tty; echo ip=$HPK_IP; exit 5\n")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+    done, status = 0, 0
+    for _ in range(100):  # the output ends just before the process does
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    if not done:  # never hang the suite: an interactive shell ignores TERM, not HUP
+        os.kill(pid, signal.SIGHUP)
+        _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert done and os.waitstatus_to_exitcode(status) == 5, output
+    assert b"/dev/pts/" in output and b"ip=10." in output, output
+
+
+def test_instance_runs_in_the_background_on_the_overlay(lab, bubble):
+    started = lab.hpktainer(bubble, "instance", "start", "/", "web", *TCPCHECK, "serve", "0.0.0.0", "5005")
+    assert started.returncode == 0, started.stderr
+    address = started.stdout.split("IP ")[1].strip()
+    listed = lab.hpktainer(bubble, "instance", "list", "--json")
+    assert [(r["name"], r["ip"]) for r in json.loads(listed.stdout)] == [("web", address)]
+    inside = lab.hpktainer(bubble, "exec", "instance://web", "sh", "-c", "echo $HPK_IP; exit 4")
+    assert inside.returncode == 4 and inside.stdout.strip() == address
+    client = lab.hpktainer(bubble, "exec", "/", *TCPCHECK, "send", address, "5005", "100000")
+    assert client.returncode == 0, client.stderr
+    again = lab.hpktainer(bubble, "instance", "start", "/", "web", "true")
+    assert again.returncode == 1 and "instance web is already running" in again.stderr
+    stopped = lab.hpktainer(bubble, "instance", "stop", "web")
+    assert stopped.returncode == 0, stopped.stderr
+    assert leftovers(lab, bubble) == NOTHING
+    assert lab.hpktainer(bubble, "instance", "stop", "web").returncode == 1

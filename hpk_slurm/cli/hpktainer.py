@@ -144,6 +144,8 @@ def main(bubble, verbose):
       hpktainer run    [apptainer options] IMAGE [ARGS...]
       hpktainer exec   [apptainer options] IMAGE COMMAND [ARGS...]
       hpktainer shell  [apptainer options] IMAGE
+      hpktainer instance start [options] IMAGE NAME [ARGS...] | stop NAME | list
+      hpktainer exec instance://NAME COMMAND...  (also shell)
       hpktainer ps [--json] [--all]
       hpktainer hosts [--step N]                 the step's ranks: IP and <jobid>-<rank>
       hpktainer srun [srun options] -- [options] IMAGE [ARGS...]
@@ -181,10 +183,14 @@ def _container_command(verb: str):
         except HpkError as exc:
             fail(exc, 2)
         bubble_ctx = inside_or_reenter(ctx)
+        from hpk_slurm.container import instances
         from hpk_slurm.container.launcher import ContainerRun
 
         try:
-            code = ContainerRun(bubble_ctx, parsed).run()
+            if parsed.image.startswith("instance://"):
+                code = instances.join(bubble_ctx, parsed.image.removeprefix("instance://"), parsed)
+            else:
+                code = ContainerRun(bubble_ctx, parsed).run()
         except HpkError as exc:
             fail(exc)
         sys.exit(code)
@@ -217,6 +223,63 @@ def ps(ctx, as_json, show_all):
     for r in rows:
         click.echo(f"{r['id']:9} {r['ip']:15} {r['pid'] or '-':>7} {r['mode']:5} {r['state']:8} "
                    f"{r['tx_bytes']:>12} {r['rx_bytes']:>12}  {' '.join(r['command'])}")
+
+
+@main.group()
+def instance():
+    """Background containers on the overlay: start, stop, list."""
+
+
+@instance.command("start", context_settings=PASSTHROUGH)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def instance_start(ctx, argv):
+    """[options] IMAGE NAME [ARGS...]: start NAME; returns once it runs with its network up."""
+    try:
+        parsed = cargs.parse("instance-start", list(argv))
+    except HpkError as exc:
+        fail(exc, 2)
+    bubble_ctx = inside_or_reenter(ctx)
+    from hpk_slurm.container import instances
+
+    try:
+        container_id, address = instances.start(bubble_ctx, parsed).split()
+    except HpkError as exc:
+        fail(exc)
+    click.echo(f"instance {parsed.instance_name} started: container {container_id}, IP {address}")
+
+
+@instance.command("stop")
+@click.argument("name")
+@click.pass_context
+def instance_stop(ctx, name):
+    """Stop instance NAME (its address, links and forwards are given back)."""
+    bubble_ctx = inside_or_reenter(ctx)
+    from hpk_slurm.container import instances
+
+    try:
+        instances.stop(bubble_ctx, name)
+    except HpkError as exc:
+        fail(exc)
+    click.echo(f"instance {name} stopped")
+
+
+@instance.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def instance_list(ctx, as_json):
+    """Running instances: name, container id, IP."""
+    bubble_ctx = inside_or_reenter(ctx)
+    from hpk_slurm.container.launcher import container_rows, sweep_orphans
+
+    sweep_orphans(bubble_ctx)
+    names = {r.id: r.name for r in bubble_ctx.records.all() if r.name and r.running}
+    rows = [dict(r, name=names[r["id"]]) for r in container_rows(bubble_ctx) if r["id"] in names]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        click.echo(f"{r['name']:20} {r['id']:9} {r['ip']:15} {' '.join(r['command'])}")
 
 
 @main.command()

@@ -23,7 +23,7 @@ VALUE_OPTIONS = {
 #: Network options: hpktainer gives the container its network, so these would fight it.
 NETWORK_OPTIONS = {"--net", "-n", "--network", "--network-args", "--dns"}
 #: hpktainer's own options (before IMAGE, mixed with Apptainer's).
-OWN_VALUE_OPTIONS = {"--net-mode", "--publish", "-p"}
+OWN_VALUE_OPTIONS = {"--net-mode", "--publish"}  # (-p is Apptainer's --pid)
 OWN_FLAGS = {"--wait-peers"}
 
 
@@ -79,7 +79,7 @@ def parse(verb: str, argv: list[str]) -> ContainerArgs:
             if value not in ("relay", "veth"):
                 raise HpkError(f"--net-mode {value!r}: use relay (TAP + hpk-net-daemon) or veth (kernel)")
             net_mode = value
-        elif name in ("--publish", "-p"):
+        elif name == "--publish":
             publish.append(value)
         else:
             options.append(opt)

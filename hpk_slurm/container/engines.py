@@ -33,7 +33,7 @@ START_TIMEOUT = 10.0
 @dataclass
 class Started:
     holder: ProcRef  # the container's first process: its namespaces are the container's
-    process: subprocess.Popen  # what hpktainer waits on
+    process: subprocess.Popen | None  # what hpktainer waits on (None: the holder itself)
     extra: dict = field(default_factory=dict)
 
 
@@ -61,7 +61,7 @@ def select_engine() -> Engine:
 # -- embedded ---------------------------------------------------------------------------
 
 #: Apptainer options the embedded runtime understands; any other needs Apptainer.
-EMBEDDED_OPTIONS = {"--env", "--cleanenv", "-e", "--pwd"}
+EMBEDDED_OPTIONS = {"--env", "--cleanenv", "-e", "--pwd", "--pid", "-p"}
 
 
 class EmbeddedEngine(Engine):
@@ -82,8 +82,11 @@ class EmbeddedEngine(Engine):
         if args.verb == "shell":
             return ["/bin/sh"]
         root = Path("/" if rootfs == "-" else rootfs)
-        if (root / ".singularity.d" / "runscript").exists():
-            return ["/.singularity.d/runscript", *args.command]
+        script = "startscript" if args.verb == "instance-start" else "runscript"
+        if (root / ".singularity.d" / script).exists():
+            return [f"/.singularity.d/{script}", *args.command]
+        if args.verb == "instance-start":
+            return args.command or ["sleep", "infinity"]
         return args.command or ["/bin/sh"]
 
     def check_options(self, args: ContainerArgs) -> None:
@@ -109,7 +112,10 @@ class EmbeddedEngine(Engine):
         rootfs = self.rootfs(args.image)
         go_r, go_w = os.pipe()
         cwd = (args.option_values("--pwd") or [None])[-1] if rootfs == "-" else None
-        argv = ["unshare", "--net", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child", "--",
+        # As with Apptainer, a PID namespace only on request (--pid): an interactive shell's job
+        # control needs to see the terminal's process group, which a PID namespace would hide.
+        pid_ns = ["--pid", "--mount-proc"] if {"--pid", "-p"} & set(args.apptainer_options) else []
+        argv = ["unshare", "--net", "--mount", *pid_ns, "--fork", "--kill-child", "--",
                 sys.executable, "-m", "hpk_slurm.container.stage1", str(go_r), rootfs, "--",
                 *self.command(args, rootfs)]
         try:
@@ -165,6 +171,8 @@ class ApptainerEngine(Engine):
     def go(self, started: Started, args: ContainerArgs, name: str, env: dict[str, str],
            hosts: Path | None = None) -> None:
         # The hosts file was bound at instance start (see prepare); env goes in as APPTAINERENV_*.
+        if args.verb == "instance-start":
+            return  # the instance's start script is its command; hpktainer watches the instance
         verb = "exec" if args.verb == "exec" else args.verb
         argv = apptainer_cli.nested_command_argv(self.binary, verb, name, args.command)
         started.process = subprocess.Popen(argv, env=dict(os.environ, **apptainer_cli.apptainer_env(env)),

@@ -145,6 +145,7 @@ class ContainerRun:
             id=container_id, address=lease.address, gateway=ctx.subnet.gateway, mode=self.args.net_mode,
             image=self.args.image, command=self.args.command, owner=owner,
             step=os.environ.get("SLURM_STEP_ID", ""), rank=os.environ.get("SLURM_PROCID", ""),
+            name=self.args.instance_name or "",
         )
         ctx.records.save(record)
         code = 1
@@ -167,6 +168,7 @@ class ContainerRun:
                 publish(ctx.slirp, ctx.spec.slirp.guest, pub, record.address)
             late_env = self.meet_peers(hosts)
             self.engine.go(self.started, self.args, self.name, {**container_env(ctx, record), **late_env}, hosts)
+            self.on_running(record)
             code = self.wait()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -230,8 +232,15 @@ class ContainerRun:
         datapath.in_netns(netns, datapath.configure_interface, ifname, record.address,
                           network.prefixlen, record.gateway, mtu)
 
+    def on_running(self, record: ContainerRecord) -> None:
+        """Called once the command runs with its network up (instances report back here)."""
+
     def wait(self) -> int:
         process = self.started.process
+        if process is None:  # an Apptainer instance: it lives until stopped
+            while self.started.holder.alive():
+                time.sleep(0.5)
+            return 0
         while True:
             try:
                 _, status = os.waitpid(process.pid, 0)

@@ -43,6 +43,7 @@ class ContainerRecord:
     published: list[Published] = field(default_factory=list)
     step: str = ""
     rank: str = ""
+    name: str = ""  # instances only
     ended: float | None = None
     exit_code: int | None = None
 

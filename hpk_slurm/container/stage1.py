@@ -1,10 +1,10 @@
 """The container's first process (embedded runtime): wait for the network, enter the root, run the command.
 
-It starts in the container's fresh namespaces (network, mount, PID; it is
-PID 1 there) from the bubble's file system, so the image needs nothing of
+It starts in the container's fresh namespaces (network, mount, and PID with
+--pid, where it is PID 1) from the bubble's file system, so the image needs nothing of
 ours. It blocks until hpktainer says the network is up (a JSON message on
-the go fd, with late environment such as the step's peers), then, for an image directory, mounts /proc, /dev and /sys inside it and
-chroots (for the bubble's own root, only a fresh /sys); then runs the command as its child, passes INT/TERM/HUP on, and
+the go fd, with late environment such as the step's peers), then, for an
+image directory, mounts /proc, /dev and /sys inside it and chroots (for the bubble's own root, only a fresh /sys); then runs the command as its child, passes INT/TERM/HUP on, and
 exits with the command's status (128+N when a signal N ended it).
 
 Run: python -m hpk_slurm.container.stage1 GO_FD ROOTFS|- -- COMMAND [ARGS...]
@@ -13,11 +13,16 @@ Run: python -m hpk_slurm.container.stage1 GO_FD ROOTFS|- -- COMMAND [ARGS...]
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
+import select
 import signal
 import sys
+import termios
+import tty
 
+from hpk_slurm.procs import die_with_parent
 from hpk_slurm.signals import FORWARDED, exit_code, forward_to
 
 MS_BIND = 0x1000
@@ -76,25 +81,91 @@ def run(go_fd: int, rootfs: str, command: list[str]) -> int:
         enter_root(rootfs)
     else:
         mount_sysfs("/sys")
+    if os.isatty(0) and os.isatty(1):
+        return run_on_own_terminal(command)
     try:
         child = os.fork()
     except OSError as exc:
         print(f"hpktainer: cannot start the command: {exc}", file=sys.stderr)
         return 126
     if child == 0:
-        for sig in FORWARDED:
-            signal.signal(sig, signal.SIG_DFL)
-        try:
-            os.execvp(command[0], command)
-        except OSError as exc:
-            print(f"hpktainer: {command[0]}: {exc.strerror}", file=sys.stderr)
-            os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
-
+        exec_command(command)
     forward_to(lambda: child)
-    while True:  # as PID 1 we also reap orphans of the command
+    while True:  # as PID 1 (--pid) we also reap orphans of the command
         pid, status = os.wait()
         if pid == child:
             return exit_code(status)
+
+
+def exec_command(command: list[str]) -> None:
+    """In the forked child: default signals, die with stage1, become the command."""
+    for sig in FORWARDED:
+        signal.signal(sig, signal.SIG_DFL)
+    die_with_parent()
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        print(f"hpktainer: {command[0]}: {exc.strerror}", file=sys.stderr)
+        os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+
+
+def run_on_own_terminal(command: list[str]) -> int:
+    """An interactive command gets a terminal of its own, relayed to the user's (as `docker -t` does).
+
+    The user's terminal belongs to a session outside the bubble's PID
+    namespace; a shell there cannot see its process groups and fails at job
+    control. Inside, a fresh pseudo-terminal gives it a session of its own;
+    the user's terminal is put in raw mode, so Ctrl-C travels as a byte and
+    becomes SIGINT for the container's foreground job.
+    """
+    master, slave = os.openpty()
+    _copy_window_size(0, slave)
+    child = os.fork()
+    if child == 0:
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        for fd in (0, 1, 2):
+            os.dup2(slave, fd)
+        os.close(master)
+        os.close(slave)
+        exec_command(command)
+    os.close(slave)
+    saved = termios.tcgetattr(0)
+    tty.setraw(0, termios.TCSANOW)  # not TCSAFLUSH: keep what the user typed ahead
+    signal.signal(signal.SIGWINCH, lambda *_: _copy_window_size(0, master))
+    forward_to(lambda: child)
+    inputs = [0, master]
+    try:
+        while True:
+            try:
+                ready, _, _ = select.select(inputs, [], [])
+            except InterruptedError:
+                continue
+            if master in ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the command's side closed
+                    break
+                if not data:
+                    break
+                os.write(1, data)
+            if 0 in ready:
+                data = os.read(0, 65536)
+                if data:
+                    os.write(master, data)
+                else:
+                    inputs.remove(0)
+    finally:
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        os.close(master)
+    return exit_code(os.waitpid(child, 0)[1])
+
+
+def _copy_window_size(src: int, dst: int) -> None:
+    try:
+        fcntl.ioctl(dst, termios.TIOCSWINSZ, fcntl.ioctl(src, termios.TIOCGWINSZ, b"\0" * 8))
+    except OSError:
+        pass
 
 
 def main(argv: list[str]) -> int:

@@ -278,7 +278,8 @@ def test_shell_gets_the_terminal(lab, bubble):
 
 
 def test_instance_runs_in_the_background_on_the_overlay(lab, bubble):
-    started = lab.hpktainer(bubble, "instance", "start", "/", "web", *TCPCHECK, "serve", "0.0.0.0", "5005")
+    started = lab.hpktainer(bubble, "instance", "start", "/", "web", "sh", "-c",
+                            f"{PY} -m hpk_slurm.testbed.tcpcheck serve 0.0.0.0 5005; sleep 600")
     assert started.returncode == 0, started.stderr
     address = started.stdout.split("IP ")[1].strip()
     listed = lab.hpktainer(bubble, "instance", "list", "--json")

@@ -85,3 +85,72 @@ def test_prolog_failure_that_may_be_remote_is_reported_inside_the_job(job_lab):
     assert state == "FAILED", output
     assert f"job {job} has no bubble on this node" in output and f"port {port}" in output, output
     assert set(lab.cluster.node_states().values()) == {"idle"}, "a remote failure must not drain nodes"
+
+
+def leftovers_of(lab: JobLab) -> list[str]:
+    """Run folders, and processes that mention the run root (bubbles, slirp4netns, daemons)."""
+    root = str(lab.run_root).encode()
+    found = [str(p) for p in (lab.run_root / str(lab.user.uid)).glob("*")] if lab.run_root.exists() else []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if root in f.read():
+                        found.append(f"process {entry}")
+            except OSError:
+                pass
+    return found
+
+
+CONCURRENT = r'''
+srun -N2 --ntasks-per-node=1 $PY -m hpk_slurm.cli.hpktainer exec --wait-peers / sh -c '
+  echo $HPK_IP > {shared}/$SLURM_JOB_ID.$HPK_RANK
+  for i in $(seq 150); do [ $(ls {shared} | grep -vc "^$SLURM_JOB_ID\.") -ge 2 ] && break; sleep 0.2; done
+  for f in $(ls {shared} | grep -v "^$SLURM_JOB_ID\."); do
+    ip=$(cat {shared}/$f)
+    case ",$HPK_PEERS," in
+      *",$ip,"*) echo "rank $HPK_RANK: $ip is also an address of this job, not a test";;
+      *) if ping -c 1 -W 1 $ip >/dev/null 2>&1; then echo "LEAK to $ip"; else echo "isolated from $ip"; fi;;
+    esac
+  done
+  if [ "$HPK_RANK" = 0 ]; then
+    exec $PY -m hpk_slurm.testbed.tcpcheck serve 0.0.0.0 5001
+  else
+    for try in $(seq 20); do $PY -m hpk_slurm.testbed.tcpcheck send $SLURM_JOB_ID-0 5001 2000000 2>/dev/null && exit 0; sleep 0.3; done
+    exit 1
+  fi'
+'''
+
+
+def test_two_jobs_at_once_each_work_and_are_isolated(job_lab):
+    lab = job_lab
+    shared = lab.bed.workdir / "shared"
+    shared.mkdir()
+    os.chown(shared, lab.user.uid, lab.user.gid)
+    script = lab.job_script(CONCURRENT.replace("{shared}", str(shared)))
+    jobs = [lab.cluster.sbatch(script, user=lab.user, nodes=None) for _ in range(2)]
+    for job in jobs:
+        state = lab.cluster.wait_job(job, timeout=150)
+        output = lab.cluster.output(job)
+        assert state == "COMPLETED", output
+        assert "LEAK" not in output, output
+        assert output.count("isolated from") >= 2, output  # each rank tried the other job's containers
+        transfers = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+        assert len(transfers) == 2 and transfers[0] == transfers[1], output
+    info = [lab.cluster.job(job) for job in jobs]
+    assert all(i.get("NodeList") == info[0].get("NodeList") for i in info), "both jobs on the same nodes"
+    wait_for(lambda: not leftovers_of(lab), timeout=60, what="both jobs' teardown")
+
+
+def test_job_whose_etcd_is_unreachable_fails_clearly_without_draining(testbed):
+    lab = JobLab(testbed, extra_config='[etcd]\nendpoints = ["http://127.0.0.1:9"]\n')
+    try:
+        job = lab.cluster.sbatch(lab.job_script("srun -N1 -n1 -w $(hostname) $PY -m hpk_slurm.cli.hpktainer exec / true"),
+                                 user=lab.user, nodes=None)
+        assert lab.cluster.wait_job(job, timeout=150) == "FAILED"
+        output = lab.cluster.output(job)
+        assert f"job {job} has no bubble on this node" in output and "etcd at http://127.0.0.1:9 unreachable" in output, output
+        assert set(lab.cluster.node_states().values()) == {"idle"}, "an unreachable etcd must not drain nodes"
+        wait_for(lambda: not leftovers_of(lab), timeout=60, what="teardown")
+    finally:
+        lab.close()

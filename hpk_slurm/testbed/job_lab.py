@@ -22,7 +22,7 @@ PY = sys.executable
 class JobLab:
     """Test hosts, an unprivileged user, the site config, and Slurm with our prolog and epilog."""
 
-    def __init__(self, bed, hosts: int = 2):
+    def __init__(self, bed, hosts: int = 2, extra_config: str = ""):
         self.bed = bed
         self.bubbles = BubbleLab(bed, hosts_count=hosts)
         self.user = self.bubbles.user()
@@ -32,7 +32,7 @@ class JobLab:
         self.report_dir = bed.workdir / "reports"
         self.config = site / "hpk.toml"
         self.config.write_text(f'[paths]\nrun_root = "{self.run_root}"\nreport_dir = "{self.report_dir}"\n'
-                               '[bubble]\nruntime = "embedded"\nstart_timeout = 40\n')
+                               '[bubble]\nruntime = "embedded"\nstart_timeout = 40\n' + extra_config)
         scripts = {}
         for name, target in (("prolog", REPO / "prolog" / "hpk-prolog"), ("epilog", REPO / "epilog" / "hpk-epilog")):
             wrapper = site / f"{name}.sh"  # slurmd gives prologs no environment of ours: point them at the config

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from hpk_slurm.testbed.bubble_lab import BubbleLab
 from hpk_slurm.testbed.netns import Testbed
 
 IS_ROOT = os.geteuid() == 0
@@ -55,3 +56,13 @@ def testbed():
         yield bed
     finally:
         bed.close()
+
+
+@pytest.fixture
+def lab(testbed):
+    """Test hosts for bubbles (test files with another lab define their own `lab`)."""
+    lab = BubbleLab(testbed)
+    try:
+        yield lab
+    finally:
+        lab.close()

@@ -17,15 +17,6 @@ from hpk_slurm.testbed.bubble_lab import BubbleLab, host_ip
 from hpk_slurm.testbed.netns import wait_for
 
 
-@pytest.fixture
-def lab(testbed):
-    lab = BubbleLab(testbed)
-    try:
-        yield lab
-    finally:
-        lab.close()
-
-
 def checked_transfer(lab: BubbleLab, src, dst, dst_ip: str, size: int = 8 * 1024 * 1024) -> None:
     receiver = lab.bed.spawn([sys.executable, "-m", "hpk_slurm.testbed.tcpcheck", "serve", dst_ip, "5001"],
                              netns=dst, log_name="receiver")

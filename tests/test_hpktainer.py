@@ -23,15 +23,6 @@ TCPCHECK = [PY, "-m", "hpk_slurm.testbed.tcpcheck"]
 
 
 @pytest.fixture
-def lab(testbed):
-    lab = BubbleLab(testbed)
-    try:
-        yield lab
-    finally:
-        lab.close()
-
-
-@pytest.fixture
 def bubble(lab):
     return lab.start(1, 1)
 

@@ -178,7 +178,10 @@ class ContainerRun:
             if self.started:
                 self.engine.cleanup(self.started, self.name)
             if self.registered:
-                self.peers().unregister(self.rank)
+                try:
+                    self.peers().unregister(self.rank)
+                except HpkError as exc:  # the job's etcd may be gone already; its prefix goes with the job
+                    log.warning("could not unregister rank %s: %s", self.rank.rank, exc)
             teardown(ctx, record)
             if self.netns_fd is not None:
                 os.close(self.netns_fd)

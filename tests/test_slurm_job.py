@@ -154,3 +154,26 @@ def test_job_whose_etcd_is_unreachable_fails_clearly_without_draining(testbed):
         wait_for(lambda: not leftovers_of(lab), timeout=60, what="teardown")
     finally:
         lab.close()
+
+
+def test_hosts_lists_a_running_steps_ranks_and_srun_shorthand_works(job_lab):
+    lab = job_lab
+    body = r'''
+srun -N2 --ntasks-per-node=1 $PY -m hpk_slurm.cli.hpktainer exec --wait-peers / sh -c 'echo up $HPK_RANK; sleep 6' &
+for i in $(seq 50); do
+  lines=$($PY -m hpk_slurm.cli.hpktainer hosts --step 0 2>/dev/null | wc -l)
+  [ "$lines" = 2 ] && break
+  sleep 0.3
+done
+$PY -m hpk_slurm.cli.hpktainer hosts --step 0 | sed "s/^/hosts: /"
+wait
+$PY -m hpk_slurm.cli.hpktainer srun -N2 --ntasks-per-node=1 -- / sh -c 'echo "shorthand rank=$HPK_RANK ip=$HPK_IP"'
+'''
+    job = lab.cluster.sbatch(lab.job_script(body), user=lab.user, nodes=None)
+    assert lab.cluster.wait_job(job, timeout=120) == "COMPLETED", lab.cluster.output(job)
+    output = lab.cluster.output(job)
+    hosts = [line.split()[1:] for line in output.splitlines() if line.startswith("hosts: ")]
+    assert sorted(name for _, name in hosts) == [f"{job}-0", f"{job}-1"], output
+    assert all(ip.startswith("10.244.") for ip, _ in hosts), output
+    assert sorted(line.split()[1] for line in output.splitlines() if line.startswith("shorthand")) == \
+        ["rank=0", "rank=1"], output

@@ -338,7 +338,7 @@ def doctor(as_json):
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 def srun(argv):
     """Shorthand: hpktainer srun [srun options] -- [options] IMAGE [ARGS] = srun [srun options] hpktainer run ..."""
-    argv = list(argv)
+    argv = sys.argv[sys.argv.index("srun") + 1:]  # raw: click would swallow the `--` that splits them
     if "--" not in argv:
         fail(HpkError("hpktainer srun: put -- between srun's options and the container's"), 2)
     cut = argv.index("--")

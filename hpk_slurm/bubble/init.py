@@ -36,6 +36,7 @@ log = logging.getLogger("hpk_slurm.bubble.init")
 
 TAP_TIMEOUT = 15.0
 SUBNET_TIMEOUT = 30.0
+RELEASE_TIMEOUT = 2.0
 
 
 class Stop(BaseException):
@@ -151,12 +152,17 @@ class BubbleInit:
 
     # -- teardown ---------------------------------------------------------------
     def release(self) -> None:
-        """Give back what we hold in etcd while it is still reachable."""
+        """Give back what we hold in etcd while it is still reachable.
+
+        Quickly: at the end of a job every node stops at once, and the job's etcd
+        may already be gone with the first node's bubble.
+        """
+        etcd = Etcd(self.spec.etcd_endpoints, call_timeout=RELEASE_TIMEOUT)
         try:
             if self.subnet:
-                self.etcd().revoke_lease_of(f"{self.spec.etcd_prefix}/subnets/{self.subnet.lease_key}")
+                etcd.revoke_lease_of(f"{self.spec.etcd_prefix}/subnets/{self.subnet.lease_key}")
             if self.wrote_config:
-                self.etcd().delete(self.spec.etcd_prefix + "/", prefix=True)
+                etcd.delete(self.spec.etcd_prefix + "/", prefix=True)
             self.status.lease_released = True
         except EtcdUnreachable as exc:
             log.warning("could not release the flannel lease: %s", exc)

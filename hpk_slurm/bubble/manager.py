@@ -211,8 +211,8 @@ def _stop_locked(run_dir: Path) -> bool:
 def _release_leftover_lease(run_dir: Path) -> None:
     """If the bubble died without giving back its lease, give it back from here (best effort)."""
     status = Status.read(run_dir / "status.json")
-    if not status or status.lease_released or not status.flannel_subnet:
-        return
+    if not status or status.lease_released or not status.flannel_subnet or status.phase == "stopped":
+        return  # nothing held, given back, or the init tried already (the job's etcd is gone)
     try:
         spec = BubbleSpec.load(run_dir)
     except (FileNotFoundError, HpkError, KeyError, json.JSONDecodeError):

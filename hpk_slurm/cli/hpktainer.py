@@ -349,6 +349,31 @@ def srun(argv):
     os.execv(binary, [binary, *srun_options, sys.executable, "-m", "hpk_slurm.cli.hpktainer", "run", *container])
 
 
+@main.command()
+@click.argument("job_id", metavar="[JOBID]", required=False, type=click.IntRange(min=0))
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON (schema: hpk_slurm/report/schema.json).")
+@click.option("--html", "html_file", metavar="FILE", default=None,
+              help="Also write one self-contained HTML page with a topology picture (- for standard output).")
+@click.option("--report-dir", metavar="DIR", default=None,
+              help="Where the node files are (default: paths.report_dir of the site configuration).")
+@click.option("--nodes", metavar="LIST", default=None,
+              help="The job's nodes (e.g. node[1-4]) when Slurm no longer knows the job.")
+def report(job_id, as_json, html_file, report_dir, nodes):
+    """What the job's network did: nodes, containers, traffic, problems first.
+
+    JOBID defaults to the current job (SLURM_JOB_ID). Merges the node files
+    the epilog writes when the job ends (<report_dir>/<jobid>/<node>.json,
+    readable by the job's user and root only); while the job still runs,
+    shows this node's part, live.
+    """
+    from hpk_slurm.report.command import run_report
+
+    try:
+        sys.exit(run_report(job_id, as_json=as_json, html_file=html_file, report_dir=report_dir, nodes=nodes))
+    except HpkError as exc:
+        fail(exc)
+
+
 @click.command(context_settings=PASSTHROUGH)
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context

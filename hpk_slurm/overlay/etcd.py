@@ -42,8 +42,10 @@ class EtcdUnreachable(HpkError):
 @dataclass(frozen=True)
 class Etcd:
     endpoints: tuple[str, ...]
+    call_timeout: float = CALL_TIMEOUT  # per etcdctl call
 
-    def _run(self, *args: str, stdin: str | None = None, call_timeout: float = CALL_TIMEOUT) -> str:
+    def _run(self, *args: str, stdin: str | None = None, call_timeout: float | None = None) -> str:
+        call_timeout = call_timeout or self.call_timeout
         require_binary("etcdctl", "etcd-client")
         env = dict(os.environ, ETCDCTL_API="3")
         try:

@@ -39,8 +39,12 @@ class JobLab:
             wrapper.write_text(f"#!/bin/sh\nHPK_CONFIG={self.config} exec {target}\n")
             wrapper.chmod(0o755)
             scripts[name] = wrapper
-        self.cluster = SlurmCluster(bed, hosts=self.bubbles.hosts, prolog=scripts["prolog"], epilog=scripts["epilog"],
-                                    prolog_flags="Alloc", prolog_epilog_timeout=90).start()
+        try:
+            self.cluster = SlurmCluster(bed, hosts=self.bubbles.hosts, prolog=scripts["prolog"],
+                                        epilog=scripts["epilog"], prolog_flags="Alloc", prolog_epilog_timeout=90).start()
+        except BaseException:
+            self.bubbles.close()  # the user and /dev/net/tun's mode; the testbed removes the rest
+            raise
 
     def close(self) -> None:
         try:

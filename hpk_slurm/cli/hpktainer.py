@@ -150,6 +150,7 @@ def main(bubble, verbose):
       hpktainer hosts [--step N]                 the step's ranks: IP and <jobid>-<rank>
       hpktainer srun [srun options] -- [options] IMAGE [ARGS...]
       hpktainer doctor [--json]                  is this node ready? what to fix
+      hpktainer report [JOBID] [--json] [--html FILE]   the job's network report
       hpktainer <anything else>  -> passed to apptainer unchanged
 
     What differs from apptainer: the container gets its own network

@@ -33,6 +33,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -170,7 +171,7 @@ def job_folder(report_dir: Path, job_id: int) -> Path:
 def read_node_file(path: Path) -> dict:
     """One node's file, checked; every failure names the file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except PermissionError:
         raise ReportError(f"cannot read {path}: permission denied",
                           "a job's report is readable by the job's user and root only") from None
@@ -180,6 +181,8 @@ def read_node_file(path: Path) -> dict:
         raise ReportError(f"cannot read {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ReportError(f"{path} is not a regular file")
             raw = f.read(MAX_NODE_FILE + 1)
     except OSError as exc:
         raise ReportError(f"cannot read {path}: {exc.strerror}") from None
@@ -204,7 +207,7 @@ def check_node_report(data) -> str | None:
     expect = {"node": str, "bubble": dict, "containers": list, "errors": list}
     for key, kind in expect.items():
         if not isinstance(data.get(key), kind):
-            return f"'{key}' is missing or not a{'n' if kind is list else ''} {kind.__name__}"
+            return f"'{key}' is missing or not a {kind.__name__}"
     if not NODE_NAME.match(data["node"]):
         return f"node name {data['node']!r} is not valid"
     if not isinstance(data.get("collected", 0), (int, float)):
@@ -255,7 +258,10 @@ def load_job(report_dir: Path, job_id: int, nodes: list[str] | None = None, now:
             missing.append(name)
             continue
         try:
-            found.append((str(path), read_node_file(path)))
+            data = read_node_file(path)
+            if data["node"] != name:
+                raise ReportError(f"{path}: malformed report: it says it is node {data['node']!r}")
+            found.append((str(path), data))
         except ReportError as exc:
             if listed is None and not os.path.lexists(path):
                 missing.append(name)

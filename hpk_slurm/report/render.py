@@ -243,10 +243,10 @@ def _node_state(n: NodeRow, report: JobReport) -> str:
     return "ok"
 
 
-def _container_state(c: ContainerRow) -> str:
+def _container_state(c: ContainerRow, live: bool = False) -> str:
     if c.exit_code not in (None, 0):
         return "error"
-    if c.drops or c.relay_errors or c.exit_code is None:
+    if c.drops or c.relay_errors or (c.exit_code is None and not live):
         return "warning"
     return "ok"
 
@@ -254,8 +254,8 @@ def _container_state(c: ContainerRow) -> str:
 FILL = {"ok": ("#ffffff", "#9fb3c8"), "warning": ("#fff4d6", "#9a6700"), "error": ("#fde8e6", "#b42318")}
 
 
-def _container_svg(c: ContainerRow, x: float, y: float, w: float) -> str:
-    fill, stroke = FILL[_container_state(c)]
+def _container_svg(c: ContainerRow, x: float, y: float, w: float, live: bool) -> str:
+    fill, stroke = FILL[_container_state(c, live)]
     who = f"rank {c.rank}" if c.rank else (c.name or "container")
     line1 = f"{who}  {c.ip}"
     exit_part = "running" if c.exit_code is None else f"exit {c.exit_code}"
@@ -294,7 +294,7 @@ def _node_svg(n: NodeRow, containers: list[ContainerRow], x: float, y: float, w:
         parts.append(_text(x + 12, y + 79, reason, w - 24, 11.5, "700", "#b42318", full=reason))
     cy = y + HEAD
     for c in containers[:MAX_SHOWN]:
-        parts.append(_container_svg(c, x + 10, cy, w - 20))
+        parts.append(_container_svg(c, x + 10, cy, w - 20, bool(report.source.get("live"))))
         cy += CBOX + CGAP
     if len(containers) > MAX_SHOWN:
         parts.append(_text(x + 14, cy + 12, f"+ {len(containers) - MAX_SHOWN} more (see the table)", w - 28, 12,
@@ -349,7 +349,7 @@ def render_svg(report: JobReport) -> str:
         y = bus_y + ROW_GAP
     left = min(b[0] for b in buses) if buses else MARGIN
     right = max(b[1] for b in buses) if buses else WIDTH - MARGIN
-    for x1, x2, by in buses:
+    for _, _, by in buses:
         parts.append(f'<line x1="{left:.0f}" y1="{by:.0f}" x2="{right:.0f}" y2="{by:.0f}" stroke="#2f6fb3" '
                      f'stroke-width="5" stroke-linecap="round"/>')
     if len(buses) > 1:  # rows of nodes share one overlay: join their buses on the left
@@ -379,6 +379,7 @@ def _html_table(rows: list, columns, row_class=lambda r: "", cell_title=None) ->
 
 def render_html(report: JobReport) -> str:
     clock = Clock(report)
+    live = bool(report.source.get("live"))
     t = report.totals
     cards = [(t.nodes, "nodes", t.nodes_failed > 0), (t.containers, "containers", False),
              (t.containers_failed, "failed", t.containers_failed > 0),
@@ -395,14 +396,15 @@ def render_html(report: JobReport) -> str:
                          f'<b>{e(where)}</b>{e(when)}{": " if where or when else ""}{e(p.message)}</li>')
         problems = f'<ul class="problems">{"".join(items)}</ul>'
     else:
-        problems = '<div class="allgood">No problems: every bubble ran, every container exited 0, nothing dropped.</div>'
+        problems = ('<div class="allgood">No problems so far (the job is still running).</div>' if live else
+                    '<div class="allgood">No problems: every bubble ran, every container exited 0, nothing dropped.</div>')
     node_state = {n.node: _node_state(n, report) for n in report.nodes}
     node_table = _html_table(report.nodes, node_columns(clock),
                              lambda n: "error" if node_state[n.node] == "error" else "")
     exact = {"TX": "tx_bytes", "RX": "rx_bytes"}
     container_table = _html_table(
         report.containers, container_columns(clock),
-        lambda c: {"ok": ""}.get(_container_state(c), _container_state(c)),
+        lambda c: {"ok": ""}.get(_container_state(c, live), _container_state(c, live)),
         lambda c, h: (f"{getattr(c, exact[h]):,} bytes" if h in exact and getattr(c, exact[h]) is not None
                       else " ".join(c.command) if h == "ID" else None),
     ) if report.containers else "<p>No containers.</p>"

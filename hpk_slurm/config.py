@@ -5,6 +5,7 @@ Every key is optional; errors name the key. Example (all defaults shown):
     [paths]
     run_root = "/run/hpk/users"      # job bubbles: <run_root>/<uid>/hpk-<jobid>
     report_dir = "/var/lib/hpk/reports"
+    report_keep_days = 0             # the epilog prunes job reports older than this; 0 keeps them
 
     [etcd]
     endpoints = []                   # the site's etcd cluster; empty = a job-local etcd on the first node
@@ -39,6 +40,7 @@ DEFAULT_PATH = Path("/etc/hpk/hpk.toml")
 class Paths:
     run_root: str = "/run/hpk/users"
     report_dir: str = "/var/lib/hpk/reports"
+    report_keep_days: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ def _validate(cfg: SiteConfig) -> None:
                        f"keep them at least port_range ({o.port_range}) apart")
     if cfg.bubble.runtime not in ("auto", "embedded", "apptainer", "singularity"):
         raise HpkError(f"{src}: bubble.runtime = {cfg.bubble.runtime!r}: use auto, embedded or apptainer")
+    if cfg.paths.report_keep_days < 0:
+        raise HpkError(f"{src}: paths.report_keep_days must be 0 (keep) or a number of days")
     for key in ("run_root", "report_dir"):
         if not os.path.isabs(getattr(cfg.paths, key)):
             raise HpkError(f"{src}: paths.{key} must be an absolute path")

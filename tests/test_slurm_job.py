@@ -4,6 +4,7 @@ one container per task on the job's overlay, the epilog writes the report and cl
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -61,6 +62,10 @@ srun -N2 --ntasks-per-node=1 $PY -m hpk_slurm.cli.hpktainer exec --wait-peers / 
         assert report["bubble"]["name"] == f"hpk-{job}" and report["bubble"]["flannel_subnet"]
         assert [c["exit_code"] for c in report["containers"]] == [0]
     assert stat.S_IMODE(os.stat(lab.report_dir / str(job)).st_mode) == 0o711
+    bubbles = [json.loads(path.read_text())["bubble"] for path in reports]
+    for me, other in ((bubbles[0], bubbles[1]), (bubbles[1], bubbles[0])):  # each saw the other on the overlay
+        other_subnet = str(ipaddress.IPv4Interface(other["flannel_subnet"]).network)
+        assert {"subnet": other_subnet, "host": other["host_ip"]}.items() <= me["peers"][0].items(), me["peers"]
     wait_for(lambda: not any(d.exists() for d in lab.run_dirs(job)), timeout=30, what="the epilog's cleanup")
     sent = json.loads(reports[1].read_text())["containers"][0]["relay"]
     assert sent["tx_bytes"] >= 3000000

@@ -110,6 +110,7 @@ def test_config_loads_and_validates(tmp_path):
     ("[network]\n", "unknown section"),
     ("[etcd]\nendpoints = ['10.1.1.1:2379']\n", "not an http"),
     ("[paths]\nrun_root = 'relative'\n", "paths.run_root must be an absolute"),
+    ("[paths]\nreport_keep_days = -1\n", "paths.report_keep_days"),
     ("not toml = = =", "not valid TOML"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, message):

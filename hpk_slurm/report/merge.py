@@ -91,6 +91,7 @@ class NodeRow:
     drops: int
     errors: list[str]
     file: str
+    peers: list[dict]  # the other bubbles this one's flanneld knew: subnet, VTEP MAC, host
 
 
 @dataclass
@@ -353,6 +354,9 @@ def _node_row(data: dict, file: str, containers: list[ContainerRow]) -> NodeRow:
         tx_frames=sum(c.tx_frames or 0 for c in containers), rx_frames=sum(c.rx_frames or 0 for c in containers),
         drops=sum(c.drops or 0 for c in containers),
         errors=[_error_text(e)[0] for e in data["errors"]], file=file,
+        peers=[{"subnet": _str(p.get("subnet")), "host": p.get("host") and _str(p.get("host")),
+                "vtep_mac": p.get("vtep_mac") and _str(p.get("vtep_mac"))}
+               for p in bubble.get("peers", []) if isinstance(p, dict)],
     )
 
 

@@ -18,6 +18,7 @@ from hpk_slurm.config import load_config
 from hpk_slurm.errors import HpkError
 from hpk_slurm.files import write_private
 from hpk_slurm.report.collect import node_report, report_folder, to_json
+from hpk_slurm.report.prune import prune
 from hpk_slurm.slurm.job import JobEnv, job_run_dir
 from hpk_slurm.slurm.logs import setup_script_logging
 from hpk_slurm.slurm.prolog import failure_marker
@@ -39,6 +40,8 @@ def epilog(environ: dict | None = None) -> int:
         folder = report_folder(Path(cfg.paths.report_dir), job.job_id)
         write_private(folder / f"{job.node}.json", to_json(node_report(run_dir, job.node, errors)),
                       job.uid, job.gid, mode=0o400)
+        if cfg.paths.report_keep_days:
+            prune(Path(cfg.paths.report_dir), cfg.paths.report_keep_days)
     except (OSError, HpkError) as exc:
         log.error("job %d: could not write the network report: %s", job.job_id, exc)
     try:

@@ -113,13 +113,15 @@ def delete_link(name: str) -> None:
 
 
 def link_counters(name: str) -> dict:
-    """Bytes/packets/drops of a bubble-side link, seen from the bridge (rx = what the container sent)."""
+    """A bubble-side link's counters in the container's view (what it sent is what the link received)."""
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:
             return {}
         stats = ipr.get_links(found[0])[0].get_attr("IFLA_STATS64") or {}
-    return {k: stats.get(k, 0) for k in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_dropped", "tx_dropped")}
+    return {"tx_bytes": stats.get("rx_bytes", 0), "rx_bytes": stats.get("tx_bytes", 0),
+            "tx_frames": stats.get("rx_packets", 0), "rx_frames": stats.get("tx_packets", 0),
+            "rx_drops": stats.get("rx_dropped", 0) + stats.get("tx_dropped", 0)}
 
 
 def daemon_argv(role: str, socket_path: Path, tap: str, mtu: int, stats_file: Path,

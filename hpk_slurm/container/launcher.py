@@ -73,6 +73,8 @@ def teardown(ctx: BubbleContext, record: ContainerRecord) -> None:
     for ref in record.daemons.values():
         ref.terminate(timeout=5)
     if record.bubble_link:
+        if record.mode == "veth" and not record.link_counters:
+            record.link_counters = datapath.link_counters(record.bubble_link)  # gone with the link otherwise
         datapath.delete_link(record.bubble_link)
     if record.socket:
         Path(record.socket).unlink(missing_ok=True)
@@ -265,10 +267,9 @@ def container_rows(ctx: BubbleContext) -> list[dict]:
                        "tx_frames": stats.get("tx_frames", 0), "rx_frames": stats.get("rx_frames", 0),
                        "drops": stats.get("rx_drops", 0)}
         else:
-            link = datapath.link_counters(record.bubble_link) if record.running else {}
-            traffic = {"tx_bytes": link.get("rx_bytes", 0), "rx_bytes": link.get("tx_bytes", 0),
-                       "tx_frames": link.get("rx_packets", 0), "rx_frames": link.get("tx_packets", 0),
-                       "drops": link.get("rx_dropped", 0) + link.get("tx_dropped", 0)}
+            link = datapath.link_counters(record.bubble_link) if record.running else record.link_counters
+            traffic = {key: link.get(key, 0) for key in ("tx_bytes", "rx_bytes", "tx_frames", "rx_frames")}
+            traffic["drops"] = link.get("rx_drops", 0)
         rows.append({
             "id": record.id, "ip": record.address, "pid": record.holder.pid if record.holder else None,
             "mode": record.mode, "image": record.image, "command": record.command,

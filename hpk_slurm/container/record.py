@@ -44,6 +44,7 @@ class ContainerRecord:
     step: str = ""
     rank: str = ""
     name: str = ""  # instances only
+    link_counters: dict = field(default_factory=dict)  # veth: the link's final counters, container's view
     ended: float | None = None
     exit_code: int | None = None
 

@@ -60,6 +60,7 @@ def node_report(run_dir: Path, node: str, errors: list[str] | None = None) -> di
     for record in store.all() if store else []:
         entry = asdict(record)
         entry["relay"] = store.stats(record.id) if record.mode == "relay" else {}
+        entry["link"] = record.link_counters  # veth: kept at teardown
         containers.append(entry)
     return {
         "schema": SCHEMA_VERSION,

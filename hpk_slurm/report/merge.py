@@ -20,10 +20,11 @@ failed or were gone when the report was collected, containers with a non-zero
 or missing exit code, dropped frames, relay protocol errors, nodes that
 disagree on the overlay, and nodes of the job that sent no report.
 
-Counters are the relay's (container side): tx = what the container sent,
-rx = what it received, in bytes and frames (with offloads one frame carries
-up to 64 KiB), drops = frames its TAP refused. veth containers have no relay,
-so their counters are null and left out of the totals.
+Counters are in the container's view: tx = what it sent, rx = what it
+received. Relay containers: the hpk-net-daemon's bytes and frames (with
+offloads one frame carries up to 64 KiB), drops = frames its TAP refused.
+veth containers: the link's bytes and packets, read at teardown. A container
+without counters has them null and left out of the totals.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class ContainerRow:
     started: float | None
     ended: float | None
     exit_code: int | None
-    counters: str  # relay | none
+    counters: str  # relay (hpk-net-daemon) | link (veth, kept at teardown) | none
     tx_bytes: int | None
     rx_bytes: int | None
     tx_frames: int | None
@@ -126,7 +127,7 @@ class Totals:
     nodes_failed: int = 0
     containers: int = 0
     containers_failed: int = 0  # non-zero exit code
-    containers_counted: int = 0  # with counters (relay)
+    containers_counted: int = 0  # with counters (relay or link)
     tx_bytes: int = 0
     rx_bytes: int = 0
     tx_frames: int = 0
@@ -317,8 +318,11 @@ def _sort_key(value: str):
 
 def _container_row(node: str, entry: dict) -> ContainerRow:
     relay = entry.get("relay") or {}
-    counted = entry.get("mode") == "relay" and bool(relay)
-    count = (lambda key: _int(relay.get(key))) if counted else (lambda key: None)  # noqa: E731
+    link = entry.get("link") or {}
+    source = "relay" if entry.get("mode") == "relay" and relay else "link" if entry.get("mode") == "veth" and link else "none"
+    values = relay if source == "relay" else link
+    counted = source != "none"
+    count = (lambda key: _int(values.get(key))) if counted else (lambda key: None)  # noqa: E731
     published = []
     for p in entry.get("published") or []:
         if isinstance(p, dict):
@@ -330,9 +334,10 @@ def _container_row(node: str, entry: dict) -> ContainerRow:
         mode=_str(entry.get("mode")), image=_str(entry.get("image")),
         command=[_str(c) for c in command] if isinstance(command, list) else [_str(command)] if command else [],
         started=_num(entry.get("started")), ended=_num(entry.get("ended")), exit_code=_opt_int(entry.get("exit_code")),
-        counters="relay" if counted else "none", tx_bytes=count("tx_bytes"), rx_bytes=count("rx_bytes"),
+        counters=source, tx_bytes=count("tx_bytes"), rx_bytes=count("rx_bytes"),
         tx_frames=count("tx_frames"), rx_frames=count("rx_frames"), drops=count("rx_drops"),
-        relay_errors=count("errors"), last_error=_str(relay.get("last_error")) if counted else "",
+        relay_errors=_int(relay.get("errors")) if source == "relay" else None,
+        last_error=_str(relay.get("last_error")) if source == "relay" else "",
         published=published,
     )
 

@@ -99,7 +99,7 @@ def container_columns(clock: Clock) -> list[tuple[str, callable, bool]]:
 
 def totals_line(report: JobReport) -> str:
     t = report.totals
-    counted = "" if t.containers_counted == t.containers else f" (counters from {t.containers_counted} relay container(s))"
+    counted = "" if t.containers_counted == t.containers else f" (counters from {t.containers_counted} container(s))"
     return (f"{t.nodes} node(s), {t.containers} container(s), {t.containers_failed} failed; "
             f"sent {human_bytes(t.tx_bytes)} in {t.tx_frames:,} frames, received {human_bytes(t.rx_bytes)} "
             f"in {t.rx_frames:,} frames, {t.drops:,} dropped, {t.relay_errors} relay error(s){counted}")
@@ -259,7 +259,7 @@ def _container_svg(c: ContainerRow, x: float, y: float, w: float, live: bool) ->
     who = f"rank {c.rank}" if c.rank else (c.name or "container")
     line1 = f"{who}  {c.ip}"
     exit_part = "running" if c.exit_code is None else f"exit {c.exit_code}"
-    traffic = ("no counters (veth)" if c.counters == "none"
+    traffic = ("no counters" if c.counters == "none"
                else f"\u2191 {human_bytes(c.tx_bytes)}  \u2193 {human_bytes(c.rx_bytes)}"
                + (f" \u00b7 {c.drops} dropped" if c.drops else ""))
     line2 = f"{c.id} \u00b7 {c.mode} \u00b7 {exit_part} \u00b7 {traffic}"

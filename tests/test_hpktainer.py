@@ -285,3 +285,11 @@ def test_instance_runs_in_the_background_on_the_overlay(lab, bubble):
     assert stopped.returncode == 0, stopped.stderr
     assert leftovers(lab, bubble) == NOTHING
     assert lab.hpktainer(bubble, "instance", "stop", "web").returncode == 1
+
+
+def test_veth_containers_keep_their_traffic_counters(lab, bubble):
+    result = lab.hpktainer(bubble, "exec", "--net-mode", "veth", "/", "ping", "-c", "3", "-i", "0.2", bubble.gateway)
+    assert result.returncode == 0, result.stderr
+    [row] = lab.containers(bubble, include_ended=True)
+    assert row["mode"] == "veth" and row["state"] == "exited"
+    assert row["tx_frames"] >= 3 and row["rx_frames"] >= 3 and row["tx_bytes"] >= 3 * 84

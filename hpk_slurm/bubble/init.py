@@ -29,7 +29,7 @@ from hpk_slurm.errors import HpkError, require_binary
 from hpk_slurm.log import setup_logging
 from hpk_slurm.net import bridge
 from hpk_slurm.overlay.etcd import Etcd, EtcdUnreachable, etcd_server_argv
-from hpk_slurm.overlay.flannel import NetworkConfig, SubnetEnv, flanneld_argv
+from hpk_slurm.overlay.flannel import NetworkConfig, SubnetEnv, flanneld_argv, learned_peers
 from hpk_slurm.procs import children
 
 log = logging.getLogger("hpk_slurm.bubble.init")
@@ -37,6 +37,7 @@ log = logging.getLogger("hpk_slurm.bubble.init")
 TAP_TIMEOUT = 15.0
 SUBNET_TIMEOUT = 30.0
 RELEASE_TIMEOUT = 2.0
+WATCH_INTERVAL = 0.5
 
 
 class Stop(BaseException):
@@ -182,12 +183,21 @@ class BubbleInit:
         self.release()
         self.stop_child("etcd")
 
+    def note_peers(self) -> None:
+        """Remember every overlay peer flannel learned: the job's report lists them, even gone ones."""
+        known = {p["subnet"] for p in self.status.peers_seen}
+        new = [p for p in learned_peers(self.spec.network.vni) if p["subnet"] not in known]
+        if new:
+            self.status.peers_seen = sorted(self.status.peers_seen + new, key=lambda p: p["subnet"])
+            self.status.write(status_path(self.spec))
+
     def watch(self) -> None:
-        """While ready: reap orphans (we are PID 1) and log a child that died."""
+        """While ready: note overlay peers, reap orphans (we are PID 1), log a child that died."""
         reported: set[str] = set()
         ours = {proc.pid for proc in self.procs.values()}
         while True:
-            time.sleep(1.0)
+            time.sleep(WATCH_INTERVAL)
+            self.note_peers()
             for pid in children(os.getpid()):
                 if pid not in ours:
                     try:

@@ -265,6 +265,7 @@ def describe(run_dir: Path) -> dict:
         "socket_dir": str(spec.socket_dir),
         "started": state.started if state else None,
         "pids": pids,
+        "peers_seen": status.peers_seen,
     }
 
 

@@ -26,6 +26,7 @@ class Status:
     flannel_mtu: int = 0
     children: dict[str, int] = field(default_factory=dict)  # name -> PID inside the bubble
     lease_released: bool = False
+    peers_seen: list[dict] = field(default_factory=list)  # every other bubble flannel learned, kept
     updated: float = 0.0
 
     def write(self, path: Path) -> None:

@@ -101,3 +101,24 @@ def flanneld_argv(endpoints: tuple[str, ...], prefix: str, public_ip: str, subne
         "--ip-masq",
         f"--subnet-file={subnet_file}",
     ]
+
+
+def learned_peers(vni: int) -> list[dict]:
+    """In the bubble's network namespace: the other bubbles flannel learned (route, VTEP MAC, host)."""
+    from pyroute2 import IPRoute  # netlink only where this runs, not in every CLI start
+
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=f"flannel.{vni}")
+        if not found:
+            return []
+        index = found[0]
+        macs = {n.get_attr("NDA_DST"): n.get_attr("NDA_LLADDR") for n in ipr.get_neighbours(ifindex=index, family=2)}
+        hosts = {n.get_attr("NDA_LLADDR"): n.get_attr("NDA_DST") for n in ipr.fdb("dump", ifindex=index)}
+        peers = []
+        for route in ipr.get_routes(family=2, oif=index):
+            gateway = route.get_attr("RTA_GATEWAY")
+            if gateway:  # a peer's subnet, via its VTEP address
+                mac = macs.get(gateway)
+                peers.append({"subnet": f"{route.get_attr('RTA_DST')}/{route['dst_len']}", "vtep_mac": mac,
+                              "host": hosts.get(mac)})
+    return sorted(peers, key=lambda p: p["subnet"])

@@ -11,44 +11,30 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from hpk_slurm.bubble import manager
 from hpk_slurm.container.datapath import in_netns
 from hpk_slurm.container.record import RecordStore
 from hpk_slurm.errors import HpkError
+from hpk_slurm.overlay.flannel import learned_peers
 
 SCHEMA_VERSION = 1
 
 
-def _flannel_peers(vni: int) -> list[dict]:
-    """In the bubble's network namespace: the other bubbles flannel learned (route, VTEP MAC, host)."""
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=f"flannel.{vni}")
-        if not found:
-            return []
-        index = found[0]
-        macs = {n.get_attr("NDA_DST"): n.get_attr("NDA_LLADDR") for n in ipr.get_neighbours(ifindex=index, family=2)}
-        hosts = {n.get_attr("NDA_LLADDR"): n.get_attr("NDA_DST") for n in ipr.fdb("dump", ifindex=index)}
-        peers = []
-        for route in ipr.get_routes(family=2, oif=index):
-            gateway = route.get_attr("RTA_GATEWAY")
-            if gateway:  # a peer's subnet, via its VTEP address
-                mac = macs.get(gateway)
-                peers.append({"subnet": f"{route.get_attr('RTA_DST')}/{route['dst_len']}", "vtep_mac": mac,
-                              "host": hosts.get(mac)})
-    return sorted(peers, key=lambda p: p["subnet"])
-
-
 def overlay_peers(bubble: dict) -> list[dict]:
-    """The overlay peers a running bubble has seen; [] when it is not running."""
+    """Every overlay peer the bubble saw during the job (its init keeps them), plus any it knows now.
+
+    The history matters: at the job's end the other nodes' epilogs give their
+    leases back, and flannel forgets them, perhaps before this node's epilog runs.
+    """
+    peers = {p["subnet"]: p for p in bubble.get("peers_seen", [])}
     pid = bubble.get("pids", {}).get("bubble")
-    if not pid or not bubble.get("vni"):
-        return []
-    try:
-        return in_netns(f"/proc/{pid}/ns/net", _flannel_peers, bubble["vni"])
-    except (OSError, HpkError):
-        return []
+    if pid and bubble.get("vni"):
+        try:
+            for p in in_netns(f"/proc/{pid}/ns/net", learned_peers, bubble["vni"]):
+                peers.setdefault(p["subnet"], p)
+        except (OSError, HpkError):
+            pass
+    return sorted(peers.values(), key=lambda p: p["subnet"])
 
 
 def node_report(run_dir: Path, node: str, errors: list[str] | None = None) -> dict:

@@ -164,6 +164,9 @@ def test_fifty_containers_in_sequence_leave_nothing_behind(lab, bubble):
         assert result.returncode == 0, f"container {i}: {result.stderr}"
     assert leftovers(lab, bubble) == NOTHING
     assert len(lab.containers(bubble, include_ended=True)) == 50
+    relay_stats = [json.loads(p.read_text()) for p in (bubble.run_dir / "containers").glob("*.stats.json")]
+    assert len(relay_stats) == 50  # 25 relay containers, a client and a server each
+    assert [s["last_error"] for s in relay_stats if s["errors"]] == [], "a clean stop must not count relay errors"
 
 
 def test_killed_hpktainer_is_cleared_by_the_next_call(lab, bubble):

@@ -70,8 +70,11 @@ class BubbleContext:
 
 def teardown(ctx: BubbleContext, record: ContainerRecord) -> None:
     """Give back everything the container had; safe to repeat, whatever was set up."""
-    for ref in record.daemons.values():
-        ref.terminate(timeout=5)
+    # The container side first: a client that outlived its server would reconnect into the
+    # server's closing listener and count a spurious connection reset.
+    for role in ("client", "server"):
+        if role in record.daemons:
+            record.daemons[role].terminate(timeout=5)
     if record.bubble_link:
         if record.mode == "veth" and not record.link_counters:
             record.link_counters = datapath.link_counters(record.bubble_link)  # gone with the link otherwise

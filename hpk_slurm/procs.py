@@ -85,6 +85,19 @@ def _reap(pid: int) -> None:
         pass
 
 
+def wait_first_child(proc, timeout: float) -> int | None:
+    """The first child of `proc` (unshare --fork's: the process in the new namespaces).
+
+    None if `proc` exited first, or nothing appeared within `timeout`.
+    """
+    deadline = time.monotonic() + timeout
+    while not (kids := children(proc.pid)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return None
+        time.sleep(0.002)
+    return kids[0]
+
+
 def children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -37,6 +38,18 @@ def forward_to(target: Callable[[], int | None]) -> None:
 
     for sig in FORWARDED:
         signal.signal(sig, handler)
+
+
+def run_passing_signals(argv: list[str], env: dict[str, str]) -> int:
+    """Run argv (typically nsenter, which passes no signals on) and relay signals to what it started.
+
+    The command dies with us (even by SIGKILL); its exit code is ours.
+    """
+    from hpk_slurm.procs import children, die_with_parent
+
+    proc = subprocess.Popen(argv, env=env, preexec_fn=die_with_parent)
+    forward_to(lambda: (children(proc.pid) or [proc.pid])[0])
+    return exit_code(os.waitpid(proc.pid, 0)[1])  # retried after each forwarded signal (PEP 475)
 
 
 def exit_code(status: int) -> int:

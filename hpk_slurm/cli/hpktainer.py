@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from hpk_slurm.bubble.spec import default_run_root
 from hpk_slurm.container import args as cargs
 from hpk_slurm.errors import HpkError
 from hpk_slurm.log import setup_logging
-from hpk_slurm.procs import children, die_with_parent
-from hpk_slurm.signals import exit_code, forward_to
+from hpk_slurm.procs import die_with_parent
+from hpk_slurm.signals import run_passing_signals
 
 BUBBLE_INIT = b"hpk_slurm.bubble.init"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -88,15 +87,7 @@ def job_bubble(job_id: int) -> Path:
 def reenter(run_dir: Path, argv: list[str]) -> int:
     """Run this same hpktainer command inside the bubble; signals and the exit code pass through."""
     full = manager.enter_argv(run_dir, [sys.executable, "-m", "hpk_slurm.cli.hpktainer", *argv])
-    env = dict(os.environ, HPK_RUN_DIR=str(run_dir), HPK_IN_BUBBLE="1")
-    proc = subprocess.Popen(full, env=env, preexec_fn=die_with_parent)
-    forward_to(lambda: (children(proc.pid) or [proc.pid])[0])  # nsenter does not pass signals on
-    while True:
-        try:
-            _, status = os.waitpid(proc.pid, 0)
-            return exit_code(status)
-        except InterruptedError:
-            continue
+    return run_passing_signals(full, dict(os.environ, HPK_RUN_DIR=str(run_dir), HPK_IN_BUBBLE="1"))
 
 
 def inside_or_reenter(ctx: click.Context):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from hpk_slurm.bubble.status import tail
 from hpk_slurm.errors import HpkError
 from hpk_slurm.net.bridge import BRIDGE
 from hpk_slurm.net.netns import enter_netns
@@ -153,17 +154,10 @@ def wait_connected(stats_file: Path, daemons: dict[str, ProcRef], logs: dict[str
             pass
         for role, ref in daemons.items():
             if not ref.alive():
-                raise HpkError(f"hpk-net-daemon ({role}) exited: {_tail(logs[role])}")
+                raise HpkError(f"hpk-net-daemon ({role}) exited: {tail(logs[role], 4)}")
         if time.monotonic() > deadline:
             raise HpkError(f"the container's relay did not connect within {CONNECT_TIMEOUT:.0f} s")
         time.sleep(0.01)
-
-
-def _tail(path: Path) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-4:])
-    except FileNotFoundError:
-        return "(no log)"
 
 
 def create_veth(bubble_link: str, container_netns: str, mtu: int) -> None:

@@ -17,14 +17,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpk_slurm.container.args import ContainerArgs
 from hpk_slurm.errors import HpkError, require_binary
-from hpk_slurm.procs import ProcRef, children, die_with_parent
+from hpk_slurm.procs import ProcRef, die_with_parent, wait_first_child
 from hpk_slurm.runtime import apptainer as apptainer_cli
 
 START_TIMEOUT = 10.0
@@ -123,13 +122,11 @@ class EmbeddedEngine(Engine):
                                        preexec_fn=die_with_parent)
         finally:
             os.close(go_r)
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (kids := children(process.pid)):
-            if process.poll() is not None or time.monotonic() > deadline:
-                os.close(go_w)
-                raise HpkError(f"the container's namespaces could not be created (unshare status {process.poll()})")
-            time.sleep(0.002)
-        return Started(ProcRef.of(kids[0]), process, {"go": go_w})
+        holder = wait_first_child(process, START_TIMEOUT)
+        if holder is None:
+            os.close(go_w)
+            raise HpkError(f"the container's namespaces could not be created (unshare status {process.poll()})")
+        return Started(ProcRef.of(holder), process, {"go": go_w})
 
     def go(self, started: Started, args: ContainerArgs, name: str, env: dict[str, str],
            hosts: Path | None = None) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 
@@ -20,9 +19,8 @@ from hpk_slurm.container.engines import ApptainerEngine, select_engine
 from hpk_slurm.container.launcher import BubbleContext, ContainerRun, container_env
 from hpk_slurm.container.record import ContainerRecord
 from hpk_slurm.errors import HpkError
-from hpk_slurm.procs import children, die_with_parent
 from hpk_slurm.runtime import apptainer as apptainer_cli
-from hpk_slurm.signals import exit_code, forward_to
+from hpk_slurm.signals import run_passing_signals
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 STOP_TIMEOUT = 30.0
@@ -103,11 +101,4 @@ def join(ctx: BubbleContext, name: str, args: ContainerArgs) -> int:
         argv = apptainer_cli.nested_command_argv(engine.binary, args.verb, f"hpk-{record.id}", command)
     else:  # the instance's first process has the container's namespaces and root
         argv = ["nsenter", "-t", str(record.holder.pid), "-n", "-m", "-p", "-r", "-w", "--", *command]
-    env = dict(os.environ, **container_env(ctx, record))
-    proc = subprocess.Popen(argv, env=env, preexec_fn=die_with_parent)
-    forward_to(lambda: (children(proc.pid) or [proc.pid])[0])
-    while True:
-        try:
-            return exit_code(os.waitpid(proc.pid, 0)[1])
-        except InterruptedError:
-            continue
+    return run_passing_signals(argv, dict(os.environ, **container_env(ctx, record)))

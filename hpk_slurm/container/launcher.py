@@ -249,15 +249,11 @@ class ContainerRun:
             while self.started.holder.alive():
                 time.sleep(0.5)
             return 0
-        while True:
-            try:
-                _, status = os.waitpid(process.pid, 0)
-                process.returncode = exit_code(status)
-                return process.returncode
-            except InterruptedError:
-                continue
-            except ChildProcessError:
-                return process.returncode if process.returncode is not None else 1
+        try:  # waitpid is retried after each forwarded signal (PEP 475)
+            process.returncode = exit_code(os.waitpid(process.pid, 0)[1])
+        except ChildProcessError:  # already collected
+            pass
+        return process.returncode if process.returncode is not None else 1
 
 
 def container_rows(ctx: BubbleContext) -> list[dict]:

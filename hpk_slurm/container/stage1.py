@@ -137,10 +137,7 @@ def run_on_own_terminal(command: list[str]) -> int:
     inputs = [0, master]
     try:
         while True:
-            try:
-                ready, _, _ = select.select(inputs, [], [])
-            except InterruptedError:
-                continue
+            ready, _, _ = select.select(inputs, [], [])  # retried after SIGWINCH (PEP 475)
             if master in ready:
                 try:
                     data = os.read(master, 65536)

@@ -50,7 +50,6 @@ class HostForward:
     guest_addr: str
     guest_port: int
     host_addr: str = "0.0.0.0"
-    id: int | None = None
 
 
 class SlirpError(HpkError):
@@ -98,13 +97,6 @@ class SlirpApi:
                 "the port is taken on this host (another job?) or privileged (<1024); choose another",
             ) from None
         return int(result["id"])
-
-    def list_hostfwd(self) -> list[HostForward]:
-        entries = self.call("list_hostfwd").get("entries", [])
-        return [
-            HostForward(e["proto"], e["host_port"], e["guest_addr"], e["guest_port"], e["host_addr"], e["id"])
-            for e in entries
-        ]
 
     def remove_hostfwd(self, fwd_id: int) -> None:
         self.call("remove_hostfwd", {"id": fwd_id})

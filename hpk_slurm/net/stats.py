@@ -46,10 +46,6 @@ def write_stats(stats: RelayStats, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def read_stats(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 class StatsWriter(threading.Thread):
     """Rewrites the stats file every `interval` seconds until stopped."""
 

@@ -65,9 +65,6 @@ class Etcd:
         out = self._run("get", key, "--print-value-only")
         return out[:-1] if out.endswith("\n") else (out or None)
 
-    def keys(self, prefix: str) -> list[str]:
-        return [k for k in self._run("get", prefix, "--prefix", "--keys-only").splitlines() if k]
-
     def items(self, prefix: str) -> list[tuple[str, str]]:
         """(key, value) pairs under `prefix` (single-line values, as everything we store is)."""
         lines = self._run("get", prefix, "--prefix").splitlines()

@@ -8,11 +8,10 @@ process inside, which makes cleanup complete by construction.
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 from hpk_slurm.errors import HpkError, require_binary
-from hpk_slurm.procs import ProcRef, children
+from hpk_slurm.procs import ProcRef, wait_first_child
 from hpk_slurm.runtime.base import Launched, Runtime
 
 LAUNCH_TIMEOUT = 10.0
@@ -37,15 +36,13 @@ class EmbeddedRuntime(Runtime):
         with open(log, "ab") as out:
             launcher = subprocess.Popen(unshare_argv(init_argv), stdout=out, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=run_dir)
-        deadline = time.monotonic() + LAUNCH_TIMEOUT
-        while not (kids := children(launcher.pid)):
+        bubble = wait_first_child(launcher, LAUNCH_TIMEOUT)
+        if bubble is None:
             if launcher.poll() is not None:
                 raise HpkError(f"unshare failed (status {launcher.returncode}): {log.read_text(errors='replace').strip()}")
-            if time.monotonic() > deadline:
-                launcher.kill()
-                raise HpkError(f"bubble process did not start within {LAUNCH_TIMEOUT:.0f} s")
-            time.sleep(0.005)
-        return Launched(bubble=ProcRef.of(kids[0]), launcher=ProcRef.of(launcher.pid))
+            launcher.kill()
+            raise HpkError(f"bubble process did not start within {LAUNCH_TIMEOUT:.0f} s")
+        return Launched(bubble=ProcRef.of(bubble), launcher=ProcRef.of(launcher.pid))
 
     def stop(self, name: str, launched: Launched, timeout: float) -> None:
         launched.bubble.terminate(timeout, resend_every=0.5)  # PID 1 of its namespace

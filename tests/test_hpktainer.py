@@ -276,6 +276,9 @@ def test_instance_runs_in_the_background_on_the_overlay(lab, bubble):
                             f"{PY} -m hpk_slurm.testbed.tcpcheck serve 0.0.0.0 5005; sleep 600")
     assert started.returncode == 0, started.stderr
     address = started.stdout.split("IP ")[1].strip()
+    pair = leftovers(lab, bubble)["daemons"]  # the instance's relay: both daemons on one CPU
+    assert len(pair) == 2 and len({frozenset(os.sched_getaffinity(pid)) for pid in pair}) == 1
+    assert len(os.sched_getaffinity(pair[0])) == 1
     listed = lab.hpktainer(bubble, "instance", "list", "--json")
     assert [(r["name"], r["ip"]) for r in json.loads(listed.stdout)] == [("web", address)]
     inside = lab.hpktainer(bubble, "exec", "instance://web", "sh", "-c", "echo $HPK_IP; exit 4")

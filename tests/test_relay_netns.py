@@ -7,6 +7,7 @@ daemon <-> UNIX socket <-> server daemon <-> hpk-tap-1 on br0 <-> veth <-> B.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import struct
@@ -15,6 +16,7 @@ import time
 
 import pytest
 
+from hpk_slurm.net import affinity
 from hpk_slurm.net.framing import MAX_FRAME, encode
 from hpk_slurm.net.hello import SIZE as HELLO_SIZE
 from hpk_slurm.net.hello import Hello
@@ -115,6 +117,27 @@ def _hostile(lab: RelayLab, payload: bytes, send_hello: bool = True) -> None:
                 pass
         except ConnectionResetError:
             pass
+
+
+def test_pair_on_one_cpu_relays_intact_and_every_thread_stays_there(testbed):
+    """--cpu as hpktainer uses it: both daemons, stats threads included, on one CPU."""
+    cpu = affinity.allowed_cpus()[-1]
+    lab = RelayLab(testbed, cpu=cpu).start()
+    assert lab.a.ping(PEER_IP)
+    sent, received = transfer(lab, size=4 * 1024 * 1024)
+    assert received == sent
+    for daemon in (lab.server, lab.client):
+        threads = [int(tid) for tid in os.listdir(f"/proc/{daemon.pid}/task")]
+        assert len(threads) >= 2  # the relay and the stats writer
+        assert {tid: os.sched_getaffinity(tid) for tid in threads} == {tid: {cpu} for tid in threads}
+
+
+def test_cpu_the_daemon_may_not_use_is_refused_before_anything_is_created(testbed):
+    lab = RelayLab(testbed, cpu=max(os.sched_getaffinity(0)) + 1000)
+    server = testbed.spawn(lab._argv("server", "hpk-tap-1", []), netns=lab.br)
+    assert server.wait(10) == 1
+    assert f"cannot run on CPU {lab.cpu}: this process may only use CPUs" in server.log_path.read_text()
+    assert not lab.socket.exists() and "hpk-tap-1" not in lab.br.links()
 
 
 def test_hostile_client_cannot_crash_the_server(testbed):

@@ -39,9 +39,12 @@ Exit status: 0 after SIGTERM/SIGINT (socket and TAP removed), 1 on error.""",
 @click.option("--stats-interval", type=float, default=1.0, show_default=True)
 @click.option("--connect-timeout", type=float, default=30.0, show_default=True,
               help="Client only: give up when no server answers for this many seconds.")
+@click.option("--cpu", type=click.IntRange(min=0), default=None,
+              help="Run on this CPU only. Give both daemons of a pair the same CPU: each frame then wakes "
+                   "the other daemon on the CPU already running instead of an idle one (faster on VMs).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(role, socket_path, tap_name, mtu, bridge, netns, no_offload, stats_file, stats_interval,
-         connect_timeout, verbose):
+         connect_timeout, cpu, verbose):
     """Join a TAP device to a peer's TAP over a UNIX socket.
 
     One hpk-net-daemon runs on each side of a nested container's link: the
@@ -58,7 +61,7 @@ def main(role, socket_path, tap_name, mtu, bridge, netns, no_offload, stats_file
         cfg = daemon.DaemonConfig(
             role=role, socket_path=socket_path, tap_name=tap_name, mtu=mtu, bridge=bridge,
             offload=not no_offload, netns=netns, stats_file=stats_file,
-            stats_interval=stats_interval, connect_timeout=connect_timeout,
+            stats_interval=stats_interval, connect_timeout=connect_timeout, cpu=cpu,
         )
         daemon.run(cfg)
     except HpkError as exc:

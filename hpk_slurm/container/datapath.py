@@ -125,11 +125,12 @@ def link_counters(name: str) -> dict:
             "rx_drops": stats.get("rx_dropped", 0) + stats.get("tx_dropped", 0)}
 
 
-def daemon_argv(role: str, socket_path: Path, tap: str, mtu: int, stats_file: Path,
+def daemon_argv(role: str, socket_path: Path, tap: str, mtu: int, stats_file: Path, cpu: int,
                 bridge: str | None = None, netns: str | None = None) -> list[str]:
+    """Both daemons of a pair get the same `cpu` (net/affinity.py says why)."""
     argv = [sys.executable, "-m", "hpk_slurm.cli.net_daemon", "--mode", role, "--socket", str(socket_path),
             "--tap", tap, "--mtu", str(mtu), "--stats-file", str(stats_file), "--stats-interval", "1",
-            "--connect-timeout", str(int(CONNECT_TIMEOUT))]
+            "--connect-timeout", str(int(CONNECT_TIMEOUT)), "--cpu", str(cpu)]
     if bridge:
         argv += ["--bridge", bridge]
     if netns:

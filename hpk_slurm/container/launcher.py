@@ -11,6 +11,7 @@ bubble's stop) sweeps what is left.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -28,6 +29,7 @@ from hpk_slurm.container.peers import Peers, StepRank, hosts_file
 from hpk_slurm.container.publish import parse_publish, publish, unpublish
 from hpk_slurm.container.record import ContainerRecord, RecordStore
 from hpk_slurm.errors import HpkError
+from hpk_slurm.net import affinity
 from hpk_slurm.net.bridge import BRIDGE
 from hpk_slurm.net.slirp import SlirpApi
 from hpk_slurm.overlay.etcd import Etcd
@@ -227,13 +229,14 @@ class ContainerRun:
             folder = ctx.records.folder
             logs = {role: folder / f"{record.id}.{role}.log" for role in ("server", "client")}
             stats = {role: ctx.records.stats_path(record.id, role) for role in ("server", "client")}
+            cpu = affinity.pair_cpu(int(ipaddress.IPv4Address(record.address)))
             record.daemons["server"] = datapath.start_daemon(
-                datapath.daemon_argv("server", Path(record.socket), record.bubble_link, mtu, stats["server"],
+                datapath.daemon_argv("server", Path(record.socket), record.bubble_link, mtu, stats["server"], cpu,
                                      bridge=BRIDGE), logs["server"])
             ctx.records.save(record)
             record.daemons["client"] = datapath.start_daemon(
-                datapath.daemon_argv("client", Path(record.socket), "tap0", mtu, stats["client"], netns=netns),
-                logs["client"])
+                datapath.daemon_argv("client", Path(record.socket), "tap0", mtu, stats["client"], cpu,
+                                     netns=netns), logs["client"])
             ctx.records.save(record)
             datapath.wait_connected(stats["client"], record.daemons, logs)
             ifname = "tap0"

@@ -21,6 +21,7 @@ from pathlib import Path
 import tenacity
 
 from hpk_slurm.errors import HpkError
+from hpk_slurm.net import affinity
 from hpk_slurm.net import hello as hello_mod
 from hpk_slurm.net.framing import MAX_FRAME, FrameError
 from hpk_slurm.net.hello import Hello, HelloError, LinkMode
@@ -50,6 +51,7 @@ class DaemonConfig:
     stats_file: Path | None = None
     stats_interval: float = 1.0
     connect_timeout: float = 30.0  # client: give up after this long without a server
+    cpu: int | None = None  # run on this CPU only (see net/affinity.py); None: wherever the scheduler likes
     stats: RelayStats = field(init=False)
     on_change: Callable[[], None] = lambda: None  # connection state changed: publish the counters now
 
@@ -240,6 +242,8 @@ def run(cfg: DaemonConfig) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if cfg.cpu is not None:
+        affinity.pin(cfg.cpu)
     if cfg.netns:
         enter_netns(cfg.netns)
     tap = Tap.attach(cfg.tap_name, vnet_hdr=cfg.offload)

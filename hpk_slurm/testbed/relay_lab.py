@@ -34,6 +34,7 @@ class RelayLab:
     bed: Testbed
     mtu: int = 1500
     offload: bool = True
+    cpu: int | None = None  # both daemons on this CPU (--cpu), as hpktainer runs a pair
 
     def __post_init__(self) -> None:
         bed = self.bed
@@ -61,6 +62,8 @@ class RelayLab:
         ]
         if not self.offload:
             argv.append("--no-offload")
+        if self.cpu is not None:
+            argv += ["--cpu", str(self.cpu)]
         return argv + extra
 
     def start_server(self) -> subprocess.Popen:

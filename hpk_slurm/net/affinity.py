@@ -44,10 +44,10 @@ def pin(cpu: int) -> None:
 
 def format_cpus(cpus: Sequence[int]) -> str:
     """0-3,8 style, as in /proc/self/status and Slurm's cpusets."""
-    ranges: list[str] = []
+    ranges: list[list[int]] = []  # [first, last]
     for cpu in sorted(cpus):
-        if ranges and cpu == int(ranges[-1].rsplit("-", 1)[-1]) + 1:
-            ranges[-1] = f"{ranges[-1].split('-')[0]}-{cpu}"
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
         else:
-            ranges.append(str(cpu))
-    return ",".join(ranges)
+            ranges.append([cpu, cpu])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in ranges)

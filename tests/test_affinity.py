@@ -10,6 +10,7 @@ import pytest
 
 from hpk_slurm.errors import HpkError
 from hpk_slurm.net import affinity
+from hpk_slurm.testbed import handoff
 
 
 def test_pairs_spread_over_every_allowed_cpu_and_each_pair_is_stable():
@@ -41,4 +42,14 @@ def test_a_cpu_outside_the_allowed_set_is_a_clear_error_and_changes_nothing():
     with pytest.raises(HpkError, match=rf"cannot run on CPU {outside}: this process may only use CPUs "
                                        + affinity.format_cpus(sorted(before))):
         affinity.pin(outside)
+    assert os.sched_getaffinity(0) == before
+
+
+def test_handoff_measure_covers_each_placement_and_restores_our_affinity():
+    """bench-relay's wakeup table: real round trips, the echo child reaped, our CPUs given back."""
+    before = os.sched_getaffinity(0)
+    costs = handoff.measure(rounds=20)
+    expected = {"one CPU", "two CPUs"} if len(before) > 1 else {"one CPU"}
+    assert set(costs) == expected
+    assert all(0 < cost[key] < 1e6 for cost in costs.values() for key in ("back_to_back_us", "after_10ms_us"))
     assert os.sched_getaffinity(0) == before

@@ -2,7 +2,7 @@
 
 A frame crossing the relay wakes the other daemon. When that daemon sleeps on
 another, idle CPU, the wakeup needs an inter-processor interrupt, which in a
-VM is an exit to the hypervisor: 25-50 µs each on the 2-core test VM, against
+VM is an exit to the hypervisor: 30-60 µs each on the 2-core test VM, against
 a few µs for a wakeup on the CPU already running. With the pair on one CPU
 the hand-off between the two daemons is always the cheap kind, and the two
 share a cache. scripts/bench-relay measures both placements in one run.

@@ -155,7 +155,7 @@ def main(bubble, verbose):
     Our options (anywhere before IMAGE):
       --net-mode relay|veth   relay (default): TAP + hpk-net-daemon pair over a
                               UNIX socket, both daemons on one of your CPUs;
-                              veth: a kernel veth pair (faster, ~8x lower ping)
+                              veth: a kernel veth pair (faster, ~10x lower ping)
       --publish H:C[/tcp|udp] make container port C answer on this node's port H
       --wait-peers            in a job step: start the command once every rank of
                               the step is up; HPK_PEERS and /etc/hosts name them

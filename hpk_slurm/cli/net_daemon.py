@@ -69,5 +69,25 @@ def main(role, socket_path, tap_name, mtu, bridge, netns, no_offload, stats_file
         sys.exit(1)
 
 
+def command_line(cfg: daemon.DaemonConfig) -> list[str]:
+    """The command that runs `cfg`, beside the options it must match.
+
+    Run with this interpreter, so callers (hpktainer, the test bed) get the
+    code they run themselves.
+    """
+    argv = [sys.executable, "-m", "hpk_slurm.cli.net_daemon", "--mode", cfg.role,
+            "--socket", str(cfg.socket_path), "--tap", cfg.tap_name,
+            "--connect-timeout", str(cfg.connect_timeout)]
+    for flag, value in (("--mtu", cfg.mtu), ("--bridge", cfg.bridge), ("--netns", cfg.netns),
+                        ("--cpu", cfg.cpu)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if cfg.stats_file:
+        argv += ["--stats-file", str(cfg.stats_file), "--stats-interval", str(cfg.stats_interval)]
+    if not cfg.offload:
+        argv.append("--no-offload")
+    return argv
+
+
 if __name__ == "__main__":
     main()

@@ -17,7 +17,6 @@ import ipaddress
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,8 +24,10 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from hpk_slurm.bubble.status import tail
+from hpk_slurm.cli import net_daemon
 from hpk_slurm.errors import HpkError
 from hpk_slurm.net.bridge import BRIDGE
+from hpk_slurm.net.daemon import DaemonConfig
 from hpk_slurm.net.netns import enter_netns
 from hpk_slurm.procs import ProcRef
 
@@ -128,14 +129,9 @@ def link_counters(name: str) -> dict:
 def daemon_argv(role: str, socket_path: Path, tap: str, mtu: int, stats_file: Path, cpu: int,
                 bridge: str | None = None, netns: str | None = None) -> list[str]:
     """Both daemons of a pair get the same `cpu` (net/affinity.py says why)."""
-    argv = [sys.executable, "-m", "hpk_slurm.cli.net_daemon", "--mode", role, "--socket", str(socket_path),
-            "--tap", tap, "--mtu", str(mtu), "--stats-file", str(stats_file), "--stats-interval", "1",
-            "--connect-timeout", str(int(CONNECT_TIMEOUT)), "--cpu", str(cpu)]
-    if bridge:
-        argv += ["--bridge", bridge]
-    if netns:
-        argv += ["--netns", netns]
-    return argv
+    return net_daemon.command_line(DaemonConfig(
+        role, socket_path, tap, mtu=mtu, bridge=bridge, netns=netns, stats_file=stats_file,
+        connect_timeout=CONNECT_TIMEOUT, cpu=cpu))
 
 
 def start_daemon(argv: list[str], log: Path) -> ProcRef:

@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpk_slurm.cli.net_daemon import command_line
+from hpk_slurm.net.daemon import DaemonConfig
 from hpk_slurm.testbed.netns import Testbed, wait_for
 
 SUBNET = "10.77.0"
 CLIENT_IP, PEER_IP, BASELINE_IP = f"{SUBNET}.1", f"{SUBNET}.2", f"{SUBNET}.3"
-
-
-def daemon_argv() -> list[str]:
-    """Run the daemon with the interpreter running us, so tests use this checkout's code."""
-    return [sys.executable, "-m", "hpk_slurm.cli.net_daemon"]
 
 
 @dataclass
@@ -56,15 +52,9 @@ class RelayLab:
         return self.bed.workdir / f"{role}.json"
 
     def _argv(self, role: str, tap: str, extra: list[str]) -> list[str]:
-        argv = daemon_argv() + [
-            "--mode", role, "--socket", str(self.socket), "--tap", tap, "--mtu", str(self.mtu),
-            "--stats-file", str(self.stats_path(role)), "--stats-interval", "0.2",
-        ]
-        if not self.offload:
-            argv.append("--no-offload")
-        if self.cpu is not None:
-            argv += ["--cpu", str(self.cpu)]
-        return argv + extra
+        cfg = DaemonConfig(role, self.socket, tap, mtu=self.mtu, offload=self.offload,
+                           stats_file=self.stats_path(role), stats_interval=0.2, cpu=self.cpu)
+        return command_line(cfg) + extra
 
     def start_server(self) -> subprocess.Popen:
         self.server = self.bed.spawn(

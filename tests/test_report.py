@@ -423,14 +423,19 @@ def colour_counts(rows: list[bytes]) -> dict[bytes, int]:
     return counts
 
 
+def screenshot_report(tmp_path, nodes: list[dict], name: str):
+    """Store the job's report parts, render its page and screenshot it: the PNG, and what the page fetched."""
+    write_job(tmp_path / "reports", nodes)
+    page = tmp_path / f"{name}.html"
+    page.write_text(render_html(load_job(tmp_path / "reports", JOB)))
+    png = tmp_path / f"{name}.png"
+    return png, page_requests(screenshot(page, png, tmp_path))
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs the Debian package chromium")
 def test_html_page_renders_in_headless_chromium_without_network(tmp_path):
-    write_job(tmp_path / "reports", troubled_job())
-    page = tmp_path / "report.html"
-    page.write_text(render_html(load_job(tmp_path / "reports", JOB)))
-    png = tmp_path / "report.png"
-    requests = screenshot(page, png, tmp_path)
-    assert page_requests(requests) == [], "the page asked for something over the network"
+    png, requests = screenshot_report(tmp_path, troubled_job(), "report")
+    assert requests == [], "the page asked for something over the network"
     width, height, rows = read_png(png)
     assert (width, height) == (1280, 900)
     counts = colour_counts(rows)
@@ -455,11 +460,8 @@ def test_the_network_check_catches_a_page_that_fetches(tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs the Debian package chromium")
 def test_topology_of_a_healthy_job(tmp_path):
-    write_job(tmp_path / "reports", healthy_job())
-    page = tmp_path / "healthy.html"
-    page.write_text(render_html(load_job(tmp_path / "reports", JOB)))
-    png = tmp_path / "healthy.png"
-    assert page_requests(screenshot(page, png, tmp_path)) == []
+    png, requests = screenshot_report(tmp_path, healthy_job(), "healthy")
+    assert requests == []
     counts = colour_counts(read_png(png)[2])
     assert counts.get(bytes.fromhex("2f6fb3"), 0) > 3000  # node headers and the overlay bus
     assert counts.get(bytes.fromhex("fde8e6"), 0) == 0  # no problem boxes
